@@ -1,0 +1,29 @@
+"""Exceptions a user can act on. The CLI prints their message on one line and exits non-zero."""
+
+
+class HarnessError(Exception):
+    """Base of every error the harness raises on purpose."""
+
+
+class MalformedModelError(HarnessError):
+    """The file is not a .tflite model, or its contents contradict themselves."""
+
+
+class UnsupportedModelError(HarnessError):
+    """A valid model the harness cannot run: an op, a dtype or a shape it does not support."""
+
+
+class DoesNotFitError(HarnessError):
+    """The model needs more SRAM or flash than the board has."""
+
+
+class BuildError(HarnessError):
+    """The toolchain failed."""
+
+
+class TargetError(HarnessError):
+    """The device (board, QEMU, host library) failed, hung or spoke nonsense."""
+
+
+class ProtocolError(TargetError):
+    """A frame was garbled, missing or unexpected."""
