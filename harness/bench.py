@@ -1,0 +1,257 @@
+"""One benchmark: generate the engine, build the firmware, run it on a target, check and measure, record.
+
+The bench does not know which target it runs on: it asks `harness.targets` for one and talks the protocol.
+Every output is checked against the numpy reference (bit-exactness is the contract); the record is appended
+to the results store the moment it exists, and a failure is recorded with its reason before it is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import results
+from harness.errors import HarnessError, TargetError
+
+Say = Callable[[str], None]
+Step = Callable[..., None]
+
+
+@dataclass
+class BenchOptions:
+    board: str
+    model: str
+    target: str = "auto"  # auto | qemu | pyocd | host
+    repetitions: int = 5
+    inputs: int = 2
+    warmup: int = 1
+    opt: str = "-O2"
+    seed: int = 0
+    results_dir: str | None = None
+    timeout: float = 120.0
+    build_dir: str | None = None
+    record: bool = True
+
+
+class OutputMismatch(HarnessError):
+    """The device's output differs from the reference: the engine is wrong, whatever the speed."""
+
+
+def build_root(path: str | None = None) -> Path:
+    return Path(path or os.environ.get("HARNESS_BUILD_DIR") or "build")
+
+
+def model_digest(graph) -> str:
+    from harness.model import to_tflite_bytes
+
+    return hashlib.sha256(to_tflite_bytes(graph)).hexdigest()
+
+
+def random_inputs(specs, count: int, seed: int) -> list[list[np.ndarray]]:
+    """`count` sets of uniformly random int8 inputs (seeded: the same every run, so counts compare)."""
+    rng = np.random.default_rng(seed)
+    return [
+        [rng.integers(-128, 128, size=tuple(s.shape), dtype=np.int8) for s in specs] for _ in range(count)
+    ]
+
+
+def first_difference(got: np.ndarray, want: np.ndarray) -> str:
+    flat_g, flat_w = got.reshape(-1), want.reshape(-1)
+    idx = int(np.flatnonzero(flat_g != flat_w)[0])
+    n = int(np.count_nonzero(flat_g != flat_w))
+    pos = np.unravel_index(idx, want.shape)
+    return f"first at index {idx} {tuple(int(p) for p in pos)}: device {flat_g[idx]}, reference {flat_w[idx]} ({n} of {want.size} differ)"
+
+
+def choose_target(board, kind: str, say: Say):
+    """The target to run on and a plain description of it. auto = the board when its probe is attached,
+    otherwise its QEMU fallback (said plainly, since QEMU counts instructions, not cycles)."""
+    from harness import targets
+
+    if kind == "host":
+        return None, "host (generated C built with the host compiler: no counts)"
+    if kind in ("auto", "pyocd"):
+        probe = targets.find_probe(board) if hasattr(targets, "find_probe") else None
+        if probe is not None:
+            return targets.pyocd_target(board, probe), f"board via pyOCD probe {probe}"
+        if kind == "pyocd":
+            raise TargetError(f"no debug probe for {board.name} is attached (see `harness probes`)")
+        machine = board.qemu_machine
+        say(
+            f"no probe for {board.name} is attached: running on its QEMU fallback {machine.name} "
+            f"({machine.machine}); counts are QEMU instructions, not cycles"
+        )
+    from harness.targets.qemu import QemuTarget
+
+    machine = board.qemu_machine
+    return QemuTarget(board), f"QEMU {machine.machine}, {board.name} memory limits"
+
+
+def run_bench(
+    opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambda *_a, **_k: None
+) -> dict[str, Any]:
+    """Run one benchmark and return its record (also appended to the results store)."""
+    from harness.boards import get_board
+    from harness.zoo import resolve_model
+
+    board = get_board(opts.board)
+    graph, label = resolve_model(opts.model)
+    record: dict[str, Any] = {
+        "run_id": results.new_run_id(),
+        "board": board.name,
+        "model": label,
+        "target": opts.target,
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("results_dir", "build_dir", "record")},
+        "status": "failed",
+    }
+    try:
+        _bench(opts, board, graph, record, say, step)
+        record["status"] = "ok"
+    except HarnessError as e:
+        record["reason"] = f"{type(e).__name__}: {e}"
+        if opts.record:
+            results.append("bench", record, opts.results_dir)
+        raise
+    if opts.record:
+        results.append("bench", record, opts.results_dir)
+        record["result_file"] = str(results.results_dir(opts.results_dir) / "bench.jsonl")
+    return record
+
+
+def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, step: Step) -> None:
+    from harness import reference
+    from harness.build import build_firmware, toolchain_versions
+    from harness.codegen import generate
+    from harness.model.boundary import split_boundary
+
+    interior, _, _ = split_boundary(graph)
+    digest = model_digest(graph)
+    record["model_sha256"] = digest
+    target, desc = choose_target(board, opts.target, say)
+    record["target"] = "host" if target is None else target.kind
+    record["target_desc"] = desc
+    record["versions"] = toolchain_versions()
+
+    step("generating C")
+    work = build_root(opts.build_dir) / f"{digest[:16]}"
+    cg = generate(interior, work / "model", dsp=board.dsp)
+    input_sets = random_inputs(cg.inputs, opts.inputs, opts.seed)
+    step("reference outputs")
+    expected = [reference.run(interior, xs) for xs in input_sets]
+
+    if target is None:
+        from harness.targets.host import HostModel
+
+        host = HostModel(cg, cache_dir=work / "host")
+        for xs, want in zip(input_sets, expected, strict=True):
+            _check(host.run(xs), want)
+        record["outputs_match"] = True
+        record["figures"] = None
+        return
+
+    step("building firmware")
+    build = build_firmware(
+        work / "model", board, qemu=(target.kind == "qemu"), opt=opts.opt, cache_dir=work / "fw"
+    )
+    record["build"] = {
+        "elf": str(build.elf),
+        "build_id": build.build_id,
+        "text": build.text,
+        "rodata": build.rodata,
+        "data": build.data,
+        "bss": build.bss,
+        "cached": build.cached,
+    }
+    counts: list[int] = []
+    peak_stack = 0
+    arena_hw = 0
+    total = len(input_sets)
+    with target.open(build, timeout=opts.timeout) as session:
+        dev = session.device
+        hello = session.hello
+        _check_hello(hello, cg, board)
+        for k, (xs, want) in enumerate(zip(input_sets, expected, strict=True)):
+            step(f"input {k + 1}/{total}: inference", k, total)
+            for i, x in enumerate(xs):
+                dev.set_input(i, x.tobytes())
+            if opts.warmup:
+                dev.infer(opts.warmup)
+            stats = dev.infer(opts.repetitions)
+            got = [
+                np.frombuffer(dev.get_output(j), dtype=np.int8).reshape(tuple(s.shape))
+                for j, s in enumerate(cg.outputs)
+            ]
+            _check(got, want)
+            counts.extend(int(c) for c in stats.counts)
+            peak_stack = max(peak_stack, stats.peak_stack)
+            arena_hw = max(arena_hw, stats.arena_high_water)
+        step("done", total, total)
+    record["outputs_match"] = True
+    record["figures"] = figures(board, hello, build, cg, counts, peak_stack, arena_hw)
+
+
+def _check(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    for j, (g, w) in enumerate(zip(got, want, strict=True)):
+        g = np.asarray(g).reshape(w.shape)
+        if not np.array_equal(g, w):
+            raise OutputMismatch(f"output {j} differs from the reference: {first_difference(g, w)}")
+
+
+def _check_hello(hello, cg, board) -> None:
+    """The firmware must be the one we just built: same model arena and I/O sizes."""
+    if hello.arena_bytes != cg.arena_bytes:
+        raise TargetError(
+            f"the device reports an arena of {hello.arena_bytes} B, the build planned {cg.arena_bytes} B: "
+            "stale firmware?"
+        )
+
+
+def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_hw: int) -> dict[str, Any]:
+    """The reported figures, each labelled with where it came from (DESIGN.md: measurements carry their source)."""
+    source = hello.counter_source
+    if source == "qemu-icount":
+        per_tick = board.qemu_machine.icount_per_tick
+        values = [round(c * per_tick) for c in counts]
+        unit = "instructions"
+        note = f"QEMU instruction count (-icount shift=0, {per_tick:g} per SysTick tick): not cycles"
+        latency = statistics.median(values) / board.clock_hz * 1e3
+        latency_note = f"ESTIMATE: instructions at 1 per cycle at the board's {board.clock_hz / 1e6:g} MHz"
+    else:
+        values = list(counts)
+        unit = "cycles"
+        note = f"{source} cycle counter at {hello.clock_hz / 1e6:g} MHz"
+        latency = statistics.median(values) / hello.clock_hz * 1e3
+        latency_note = "measured: cycles / clock"
+    macs = cg.macs
+    med = statistics.median(values)
+    static_ram = build.static_ram_bytes
+    peak_sram = cg.arena_bytes + peak_stack + static_ram
+    flash = build.flash_bytes
+    return {
+        "count_source": source,
+        "count_unit": unit,
+        "count_note": note,
+        "count": {"min": min(values), "median": int(med), "max": max(values), "all": values},
+        "macs": macs,
+        "macs_per_count": macs / med if med else 0.0,
+        "latency_ms": latency,
+        "latency_note": latency_note,
+        "arena_bytes": cg.arena_bytes,
+        "arena_high_water_bytes": arena_hw,
+        "peak_stack_bytes": peak_stack,
+        "static_ram_bytes": static_ram,
+        "peak_sram_bytes": peak_sram,
+        "weight_bytes": cg.weight_bytes,
+        "code_bytes": flash - cg.weight_bytes,
+        "flash_bytes": flash,
+        "board_sram_bytes": board.sram_bytes,
+        "board_flash_bytes": board.flash_bytes,
+        "fits": peak_sram <= board.sram_bytes and flash <= board.flash_bytes,
+    }

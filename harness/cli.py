@@ -1,0 +1,270 @@
+"""The command line. Thin by design: parse, call one function, print. Errors the harness raises on purpose
+become one line on stderr and exit status 2; `--json` prints machine-readable output instead of tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import HarnessError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _print_json(data: Any) -> None:
+    print(
+        json.dumps(
+            data, indent=2, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)
+        )
+    )
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]], justify_from: int = 1) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="right" if i >= justify_from else "left")
+    for r in rows:
+        table.add_row(*[str(x) for x in r])
+    return table
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+# --- harness inspect --------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from harness.inspect import inspect_model
+    from harness.zoo import resolve_model
+
+    graph, label = resolve_model(args.model)
+    info = inspect_model(graph)
+    if args.json:
+        _print_json(info)
+        return 0
+    rows = [
+        [
+            r["index"],
+            r["name"],
+            r["op"],
+            " ".join("x".join(map(str, s)) for s in r["input_shapes"]),
+            "x".join(map(str, r["output_shape"])),
+            f"{r['macs']:,}",
+            f"{r['weight_bytes']:,}",
+            f"{r['activation_bytes']:,}",
+            "-" if r.get("arena_offset") is None else f"{r['arena_offset']:,}",
+        ]
+        for r in info["layers"]
+    ]
+    cols = ["#", "layer", "op", "inputs", "output", "MACs", "weights B", "act. B", "arena off."]
+    console.print(_table(f"{label}", cols, rows, justify_from=5))
+    t = info["totals"]
+    console.print(
+        f"MACs {t['macs']:,}   params {t['params']:,}   weight flash {_kib(t['weight_bytes'])}   "
+        f"peak arena {_kib(t['arena_bytes'])}"
+    )
+    return 0
+
+
+# --- harness models / export ---------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from harness.zoo import models_table
+
+    rows = models_table()
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = _table(
+        "model zoo",
+        ["name", "task", "input", "MACs", "params", "weight flash", "peak arena", "weights", "fits"],
+        [
+            [
+                r["name"],
+                r["task"],
+                "x".join(map(str, r["input_shape"])),
+                f"{r['macs'] / 1e6:.2f} M",
+                f"{r['params'] / 1e3:.1f} k",
+                _kib(r["weight_bytes"]),
+                _kib(r["arena_bytes"]),
+                r["weights"],
+                ", ".join(r["fits"]) or "none",
+            ]
+            for r in rows
+        ],
+        justify_from=3,
+    )
+    console.print(table)
+    console.print(
+        "Synthetic weights give representative speed and memory, not accuracy: only models trained on "
+        "real data (see 'weights') have meaningful accuracy."
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.zoo import export
+
+    path = export(args.name, args.output)
+    console.print(f"wrote {path}")
+    return 0
+
+
+# --- harness bench ------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from harness.bench import BenchOptions, run_bench
+
+    opts = BenchOptions(
+        board=args.board,
+        model=args.model,
+        target=args.target,
+        repetitions=args.repetitions,
+        inputs=args.inputs,
+        warmup=args.warmup,
+        opt=args.opt,
+        seed=args.seed,
+        results_dir=args.results,
+        timeout=args.timeout,
+    )
+    if args.json:
+        result = run_bench(opts, say=lambda msg: err_console.print(msg))
+        _print_json(result)
+        return 0 if result["status"] == "ok" else 1
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("bench", total=None)
+
+        def step(description: str, done: int | None = None, total: int | None = None) -> None:
+            progress.update(task, description=description, completed=done or 0, total=total)
+
+        result = run_bench(opts, say=lambda msg: progress.console.print(msg), step=step)
+    print_bench(result)
+    return 0 if result["status"] == "ok" else 1
+
+
+def print_bench(r: dict[str, Any]) -> None:
+    f = r["figures"]
+    unit = f["count_unit"]
+    table = Table(
+        title=f"{r['model']} on {r['board']} ({r['target_desc']})", title_justify="left", show_header=False
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    c = f["count"]
+    table.add_row(
+        f"{unit} (min / median / max)", f"{c['min']:,} / {c['median']:,} / {c['max']:,}", f["count_note"]
+    )
+    table.add_row(
+        f"MACs per {unit[:-1] if unit.endswith('s') else unit}",
+        f"{f['macs_per_count']:.3f}",
+        f"{f['macs']:,} MACs",
+    )
+    if f.get("latency_ms") is not None:
+        table.add_row("latency", f"{f['latency_ms']:.3f} ms", f["latency_note"])
+    table.add_row(
+        "peak SRAM",
+        _kib(f["peak_sram_bytes"]),
+        f"arena {f['arena_bytes']:,} + stack {f['peak_stack_bytes']:,} + static {f['static_ram_bytes']:,} B",
+    )
+    table.add_row(
+        "  arena (planned / touched)",
+        f"{f['arena_bytes']:,} B",
+        f"high water painted on device: {f['arena_high_water_bytes']:,} B",
+    )
+    table.add_row(
+        "flash", _kib(f["flash_bytes"]), f"code+data {f['code_bytes']:,} + weights {f['weight_bytes']:,} B"
+    )
+    table.add_row(
+        "fits the board",
+        "yes" if f["fits"] else "NO",
+        f"SRAM {_kib(f['board_sram_bytes'])}, flash {_kib(f['board_flash_bytes'])}",
+    )
+    table.add_row(
+        "outputs vs reference",
+        "bit-exact" if r["outputs_match"] else "MISMATCH",
+        f"{r['inputs']} inputs x {r['repetitions']} repetitions",
+    )
+    console.print(table)
+    if r.get("result_file"):
+        console.print(f"recorded in {r['result_file']}")
+
+
+# --- entry point ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="build, run and measure one model on one board")
+    b.add_argument("--board", required=True, help="a board from boards.toml, e.g. nucleo-f746")
+    b.add_argument("--model", required=True, help="a zoo name (see `harness models`) or a path to a .tflite")
+    b.add_argument(
+        "--target",
+        choices=["auto", "qemu", "pyocd", "host"],
+        default="auto",
+        help="auto: the board when a probe for it is attached, else its QEMU fallback",
+    )
+    b.add_argument("--repetitions", "-n", type=int, default=5, help="timed inferences per input")
+    b.add_argument("--inputs", "-m", type=int, default=2, help="random inputs to run and check")
+    b.add_argument("--warmup", type=int, default=1, help="untimed inferences before timing")
+    b.add_argument("--opt", default="-O2", help="optimisation flag for the firmware build")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    b.add_argument("--timeout", type=float, default=120.0, help="seconds one device request may take")
+    b.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("inspect", help="per-layer table: shapes, MACs, weights, arena plan")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    m = sub.add_parser("models", help="the model zoo")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("export", help="write a zoo model as a .tflite file")
+    e.add_argument("name")
+    e.add_argument("-o", "--output", required=True)
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
