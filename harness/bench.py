@@ -67,7 +67,8 @@ def first_difference(got: np.ndarray, want: np.ndarray) -> str:
     idx = int(np.flatnonzero(flat_g != flat_w)[0])
     n = int(np.count_nonzero(flat_g != flat_w))
     pos = np.unravel_index(idx, want.shape)
-    return f"first at index {idx} {tuple(int(p) for p in pos)}: device {flat_g[idx]}, reference {flat_w[idx]} ({n} of {want.size} differ)"
+    where = tuple(int(p) for p in pos)
+    return f"first at {where}: device {flat_g[idx]}, reference {flat_w[idx]} ({n} of {want.size} differ)"
 
 
 def choose_target(board, kind: str, say: Say):
@@ -214,7 +215,7 @@ def _check_hello(hello, cg, board) -> None:
 
 
 def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_hw: int) -> dict[str, Any]:
-    """The reported figures, each labelled with where it came from (DESIGN.md: measurements carry their source)."""
+    """The reported figures, each labelled with its source (DESIGN.md: measurements carry their source)."""
     source = hello.counter_source
     if source == "qemu-icount":
         per_tick = board.qemu_machine.icount_per_tick
