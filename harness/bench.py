@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,96 @@ def choose_target(board, kind: str, say: Say):
     return QemuTarget(board), f"QEMU {machine.machine}, {board.name} memory limits"
 
 
+@dataclass
+class Engine:
+    """A model made ready to run on one board and target: generated C, firmware built (not for host)."""
+
+    board: Any
+    graph: Any  # as given (may have a float boundary)
+    interior: Any  # the int8 graph the device runs
+    codegen: Any
+    build: Any  # BuildResult, None on the host target
+    target: Any  # a harness.targets Target, None on the host target
+    target_kind: str  # qemu | pyocd | host
+    target_desc: str
+    digest: str
+    work: Path
+
+    @contextmanager
+    def open(self, timeout: float = 120.0) -> Iterator[Runner]:
+        """A running device (or host library), always shut down afterwards."""
+        if self.target is None:
+            from harness.targets.host import HostModel
+
+            yield Runner(self, HostModel(self.codegen, cache_dir=self.work / "host"), None)
+            return
+        with self.target.open(self.build, timeout=timeout) as session:
+            _check_hello(session.hello, self.codegen)
+            yield Runner(self, None, session)
+
+
+@dataclass
+class RunStats:
+    counts: list[int]  # raw counter ticks, one per repetition
+    peak_stack: int
+    arena_high_water: int
+
+
+class Runner:
+    """Runs int8 inputs through an open engine: `run(inputs) -> (outputs, stats)`."""
+
+    def __init__(self, engine: Engine, host, session) -> None:
+        self.engine = engine
+        self._host = host
+        self.session = session
+        self.hello = session.hello if session is not None else None
+
+    def run(self, inputs: list[np.ndarray], repetitions: int = 1, warmup: int = 0):
+        specs = self.engine.codegen.outputs
+        if self._host is not None:
+            return [np.asarray(o) for o in self._host.run(inputs)], None
+        dev = self.session.device
+        for i, x in enumerate(inputs):
+            dev.set_input(i, np.ascontiguousarray(x, dtype=np.int8).tobytes())
+        if warmup:
+            dev.infer(warmup)
+        stats = dev.infer(repetitions)
+        outputs = [
+            np.frombuffer(dev.get_output(j), dtype=np.int8).reshape(tuple(s.shape))
+            for j, s in enumerate(specs)
+        ]
+        return outputs, RunStats([int(c) for c in stats.counts], stats.peak_stack, stats.arena_high_water)
+
+
+def prepare(
+    board,
+    graph,
+    target: str = "auto",
+    opt: str = "-O2",
+    build_dir: str | None = None,
+    say: Say = lambda _m: None,
+    step: Step = lambda *_a, **_k: None,
+) -> Engine:
+    """Generate the engine for `graph` and build its firmware for `board` on the chosen target."""
+    from harness.codegen import generate
+    from harness.model.boundary import split_boundary
+
+    interior, _, _ = split_boundary(graph)
+    digest = model_digest(graph)
+    tgt, desc = choose_target(board, target, say)
+    kind = "host" if tgt is None else tgt.kind
+    step("generating C")
+    work = build_root(build_dir) / digest[:16]
+    cg = generate(interior, work / "model", dsp=board.dsp)
+    build = None
+    if tgt is not None:
+        from harness.build import build_firmware
+
+        step("building firmware")
+        build = build_firmware(work / "model", board, qemu=(kind == "qemu"), opt=opt, cache_dir=work / "fw")
+    return Engine(board, graph, interior, cg, build, tgt, kind, desc, digest, work)
+
+
 def run_bench(
     opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambda *_a, **_k: None
 ) -> dict[str, Any]:
@@ -128,74 +219,49 @@ def run_bench(
 
 def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, step: Step) -> None:
     from harness import reference
-    from harness.build import build_firmware, toolchain_versions
-    from harness.codegen import generate
-    from harness.model.boundary import split_boundary
+    from harness.build import toolchain_versions
 
-    interior, _, _ = split_boundary(graph)
-    digest = model_digest(graph)
-    record["model_sha256"] = digest
-    target, desc = choose_target(board, opts.target, say)
-    record["target"] = "host" if target is None else target.kind
-    record["target_desc"] = desc
     record["versions"] = toolchain_versions()
-
-    step("generating C")
-    work = build_root(opts.build_dir) / f"{digest[:16]}"
-    cg = generate(interior, work / "model", dsp=board.dsp)
-    input_sets = random_inputs(cg.inputs, opts.inputs, opts.seed)
+    engine = prepare(board, graph, opts.target, opts.opt, opts.build_dir, say, step)
+    record["model_sha256"] = engine.digest
+    record["target"] = engine.target_kind
+    record["target_desc"] = engine.target_desc
+    if engine.build is not None:
+        b = engine.build
+        record["build"] = {
+            "elf": str(b.elf),
+            "build_id": b.build_id,
+            "cached": b.cached,
+            "text": b.text,
+            "rodata": b.rodata,
+            "data": b.data,
+            "bss": b.bss,
+        }
+    input_sets = random_inputs(engine.codegen.inputs, opts.inputs, opts.seed)
     step("reference outputs")
-    expected = [reference.run(interior, xs) for xs in input_sets]
-
-    if target is None:
-        from harness.targets.host import HostModel
-
-        host = HostModel(cg, cache_dir=work / "host")
-        for xs, want in zip(input_sets, expected, strict=True):
-            _check(host.run(xs), want)
-        record["outputs_match"] = True
-        record["figures"] = None
-        return
-
-    step("building firmware")
-    build = build_firmware(
-        work / "model", board, qemu=(target.kind == "qemu"), opt=opts.opt, cache_dir=work / "fw"
-    )
-    record["build"] = {
-        "elf": str(build.elf),
-        "build_id": build.build_id,
-        "text": build.text,
-        "rodata": build.rodata,
-        "data": build.data,
-        "bss": build.bss,
-        "cached": build.cached,
-    }
+    expected = [reference.run(engine.interior, xs) for xs in input_sets]
     counts: list[int] = []
-    peak_stack = 0
-    arena_hw = 0
+    peak_stack = arena_hw = 0
     total = len(input_sets)
-    with target.open(build, timeout=opts.timeout) as session:
-        dev = session.device
-        hello = session.hello
-        _check_hello(hello, cg, board)
+    with engine.open(opts.timeout) as runner:
         for k, (xs, want) in enumerate(zip(input_sets, expected, strict=True)):
-            step(f"input {k + 1}/{total}: inference", k, total)
-            for i, x in enumerate(xs):
-                dev.set_input(i, x.tobytes())
-            if opts.warmup:
-                dev.infer(opts.warmup)
-            stats = dev.infer(opts.repetitions)
-            got = [
-                np.frombuffer(dev.get_output(j), dtype=np.int8).reshape(tuple(s.shape))
-                for j, s in enumerate(cg.outputs)
-            ]
+            step(f"input {k + 1}/{total}", k, total)
+            got, stats = runner.run(xs, opts.repetitions, opts.warmup)
             _check(got, want)
-            counts.extend(int(c) for c in stats.counts)
-            peak_stack = max(peak_stack, stats.peak_stack)
-            arena_hw = max(arena_hw, stats.arena_high_water)
+            if stats is not None:
+                counts.extend(stats.counts)
+                peak_stack = max(peak_stack, stats.peak_stack)
+                arena_hw = max(arena_hw, stats.arena_high_water)
         step("done", total, total)
+        hello = runner.hello
     record["outputs_match"] = True
-    record["figures"] = figures(board, hello, build, cg, counts, peak_stack, arena_hw)
+    record["inputs"] = total
+    record["repetitions"] = opts.repetitions
+    record["figures"] = (
+        None
+        if hello is None
+        else figures(board, hello, engine.build, engine.codegen, counts, peak_stack, arena_hw)
+    )
 
 
 def _check(got: list[np.ndarray], want: list[np.ndarray]) -> None:
@@ -205,7 +271,7 @@ def _check(got: list[np.ndarray], want: list[np.ndarray]) -> None:
             raise OutputMismatch(f"output {j} differs from the reference: {first_difference(g, w)}")
 
 
-def _check_hello(hello, cg, board) -> None:
+def _check_hello(hello, cg) -> None:
     """The firmware must be the one we just built: same model arena and I/O sizes."""
     if hello.arena_bytes != cg.arena_bytes:
         raise TargetError(

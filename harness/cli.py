@@ -4,6 +4,7 @@ become one line on stderr and exit status 2; `--json` prints machine-readable ou
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any
@@ -12,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.errors import HarnessError
+
+EXTENSIONS = ("harness.cli_accuracy", "harness.cli_nightly", "harness.cli_boards")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -163,6 +166,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def print_bench(r: dict[str, Any]) -> None:
     f = r["figures"]
+    if f is None:  # the host target checks outputs but measures nothing
+        verdict = "bit-exact" if r["outputs_match"] else "MISMATCH"
+        console.print(f"{r['model']} on {r['target_desc']}: outputs {verdict} over {r['inputs']} inputs")
+        return
     unit = f["count_unit"]
     table = Table(
         title=f"{r['model']} on {r['board']} ({r['target_desc']})", title_justify="left", show_header=False
@@ -251,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("name")
     e.add_argument("-o", "--output", required=True)
     e.set_defaults(func=cmd_export)
+
+    # Feature areas register their own subcommands (each module: `register(subparsers)`), so the areas
+    # can grow without all editing this file.
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
     return p
 
 
