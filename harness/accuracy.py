@@ -266,6 +266,7 @@ def _run_samples(
     new: dict[int, dict[str, Any]] = {}
     if not pending:
         return new, None, 0.0
+    _end_torn_line(path)
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for i in pending:
         todo.put(i)
@@ -431,6 +432,16 @@ def _append_line(path: Path, rec: dict[str, Any]) -> None:
         f.write(json.dumps(rec, separators=(",", ":")) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _end_torn_line(path: Path) -> None:
+    """A run killed mid-write leaves half a line: end it, so the next record starts a line of its own."""
+    try:
+        with open(path, "rb+") as f:
+            if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                f.write(b"\n")
+    except FileNotFoundError:
+        pass
 
 
 def load_samples(path: Path) -> dict[int, dict[str, Any]]:

@@ -294,11 +294,21 @@ def _natural_range(x: np.ndarray) -> tuple[float, float]:
 # --- preprocessing -------------------------------------------------------------------------------------
 
 
-def input_spec(graph) -> InputSpec:
-    """The single int8 input of `graph` (after the float boundary, if any)."""
+def _interior(graph):
+    """The int8 graph and the input boundary params; split only when the model has a float boundary (an
+    all-int8 model is its own interior)."""
+    io = [graph.tensors[i].dtype for i in list(graph.inputs) + list(graph.outputs)]
+    if all(d == "int8" for d in io):
+        return graph, [None] * len(graph.inputs)
     from harness.model.boundary import split_boundary
 
     interior, in_bps, _ = split_boundary(graph)
+    return interior, list(in_bps)
+
+
+def input_spec(graph) -> InputSpec:
+    """The single int8 input of `graph` (after the float boundary, if any)."""
+    interior, in_bps = _interior(graph)
     if len(interior.inputs) != 1:
         raise DatasetError(
             f"model {graph.name!r} has {len(interior.inputs)} inputs: accuracy runs need a single input"
@@ -310,9 +320,7 @@ def input_spec(graph) -> InputSpec:
 
 
 def output_size(graph) -> int:
-    from harness.model.boundary import split_boundary
-
-    interior, _, _ = split_boundary(graph)
+    interior, _ = _interior(graph)
     if len(interior.outputs) != 1:
         raise DatasetError(
             f"model {graph.name!r} has {len(interior.outputs)} outputs: accuracy runs need one output "
