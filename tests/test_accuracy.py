@@ -400,3 +400,45 @@ def test_digits_cnn_on_qemu_whole_split(tmp_path):
     assert f["device_top1"] == f["host_top1"] >= 0.95
     assert f["latency"]["unit"] == "instructions" and f["latency"]["min"] > 0
     assert "not cycles" in open(rep["files"]["html"], encoding="utf-8").read()
+
+
+def test_cli_runs_and_prints(tmp_path, monkeypatch, capsys):
+    import harness.accuracy as acc
+    from harness.cli import main
+
+    real = acc.run_accuracy
+
+    def with_fake_device(board, model, dataset, **kw):
+        assert (board, model, dataset) == ("nucleo-f746", "digits_cnn", "digits")
+        kw.update(engine=FakeEngine(), reference_fn=classify, progress=False)
+        return real(BOARD, _graph(), dataset, **kw)
+
+    monkeypatch.setattr(acc, "run_accuracy", with_fake_device)
+    argv = ["accuracy", "--board", "nucleo-f746", "--model", "digits_cnn", "--dataset", "digits"]
+    assert main([*argv, "--limit", "12", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "device top-1" in out and "report.html" in out
+    assert main([*argv, "--limit", "12", "--results", str(tmp_path), "--json", "--no-resume"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["figures"]["samples"] == 12 and summary["disagreements"] == 0
+    assert len(list(results.read("accuracy", tmp_path))) == 2
+
+
+@pytest.mark.parametrize("classes", [2, 40])
+def test_plots_for_few_and_many_classes(classes):
+    from harness.accuracy_report import plots
+
+    rng = np.random.default_rng(classes)
+    recs = []
+    for i in range(120):
+        dev = rng.integers(-128, 128, size=classes).tolist()
+        recs.append(_rec(i, i % classes, dev, count=5000))  # constant latency: a one-bar histogram
+    figs = compute_figures(recs, [f"c{k}" for k in range(classes)], (1 / 256, -128), QEMU_COUNTING)
+    assert ("device_top5" in figs) == (classes > 5)
+    report = {"figures": figs, "throughput": None}
+    pngs = plots(report)
+    assert set(pngs) == {"confusion", "per_class", "latency"}
+    for data in pngs.values():
+        w, h = _png_size(data)
+        assert w >= 300 and h >= 200
+    assert _png_size(pngs["confusion"])[0] > (600 if classes == 40 else 300)
