@@ -442,3 +442,25 @@ def test_plots_for_few_and_many_classes(classes):
         w, h = _png_size(data)
         assert w >= 300 and h >= 200
     assert _png_size(pngs["confusion"])[0] > (600 if classes == 40 else 300)
+
+
+def test_html_renders_in_headless_chromium(tmp_path):
+    """Where a Chromium is installed, the page renders to a non-blank screenshot (elsewhere the structure is
+    checked with html.parser in test_run_report_and_store)."""
+    import shutil
+    import subprocess
+
+    browser = next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
+    if browser is None:
+        pytest.skip("no Chromium installed: the page's structure is checked with html.parser instead")
+    rep = _run(tmp_path, FakeEngine(), limit=30)
+    shot = tmp_path / "page.png"
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}"]
+    args += ["--window-size=1200,2400", f"file://{rep['files']['html']}"]
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+    from PIL import Image
+
+    arr = np.asarray(Image.open(shot).convert("L"))
+    assert arr.shape == (2400, 1200) and arr.std() > 5
