@@ -107,13 +107,17 @@ def digits_dataset() -> Dataset:
         digits_split = None
     if digits_split is not None:
         _, _, x_test, y_test = digits_split()
-    else:  # the zoo's split is the contract; this mirrors it only until the zoo module exists
+        note = "scikit-learn digits, held-out split (harness.zoo.digits_split)"
+    else:  # the zoo's split is the contract; this mirrors it only while the zoo has none
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 
         d = load_digits()
         _, x_test, _, y_test = train_test_split(
             d.data, d.target, test_size=0.25, random_state=0, stratify=d.target
+        )
+        note = (
+            "scikit-learn digits, 25 % stratified held-out split (random_state 0): harness.zoo has no split"
         )
     x_test = np.asarray(x_test, dtype=np.float32)
     samples = [s.reshape(8, 8) if s.size == 64 else s for s in x_test]
@@ -125,7 +129,7 @@ def digits_dataset() -> Dataset:
         classes=[str(i) for i in range(10)],
         value_range=(0.0, 16.0),
         default_mapping="raw",
-        notes=["scikit-learn digits, held-out split (harness.zoo.digits_split)"],
+        notes=[note],
     )
 
 
