@@ -1,0 +1,65 @@
+/* Fixed-point helpers with TFLite's arithmetic (gemmlowp rounding, the default "double rounding"
+ * MultiplyByQuantizedMultiplier). Every int8 kernel requantizes through these, so the generated engine
+ * is bit-exact with TFLite's reference kernels. Only <stdint.h>: no float, no libc. */
+#ifndef TK_FIXEDPOINT_H
+#define TK_FIXEDPOINT_H
+
+#include <stdint.h>
+
+/* Signed 32-bit arithmetic that wraps like the two's-complement hardware does (plain int32 overflow is
+ * undefined in C; TFLite's gemmlowp code relies on wrapping in a few places). */
+static inline int32_t tk_wrap_add(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+static inline int32_t tk_wrap_sub(int32_t a, int32_t b) { return (int32_t)((uint32_t)a - (uint32_t)b); }
+
+/* gemmlowp SaturatingRoundingDoublingHighMul: round(a * b / 2^31), saturating the one overflow case. */
+static inline int32_t tk_srdhm(int32_t a, int32_t b)
+{
+    if (a == b && a == INT32_MIN) {
+        return INT32_MAX;
+    }
+    int64_t ab = (int64_t)a * (int64_t)b;
+    int64_t x = ab + (ab >= 0 ? (int64_t)(1 << 30) : (int64_t)(1 - (1 << 30)));
+    /* C++ integer division truncates towards zero; a shift floors, so bias negative values first
+     * (this also keeps a 64-bit division call out of the Cortex-M build). */
+    if (x < 0) {
+        x += ((int64_t)1 << 31) - 1;
+    }
+    return (int32_t)(x >> 31);
+}
+
+/* gemmlowp RoundingDivideByPOT: x / 2^e rounded to nearest, ties away from zero. 0 <= e <= 31. */
+static inline int32_t tk_rdbpot(int32_t x, int e)
+{
+    const int32_t mask = (int32_t)((((uint32_t)1) << e) - 1u);
+    const int32_t remainder = x & mask;
+    const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> e) + (remainder > threshold ? 1 : 0);
+}
+
+/* TFLite MultiplyByQuantizedMultiplier (shift > 0: left shift before the multiply). */
+static inline int32_t tk_mbqm(int32_t x, int32_t multiplier, int32_t shift)
+{
+    const int left = shift > 0 ? (int)shift : 0;
+    const int right = shift > 0 ? 0 : (int)-shift;
+    return tk_rdbpot(tk_srdhm((int32_t)((uint32_t)x << left), multiplier), right);
+}
+
+static inline int32_t tk_clamp(int32_t x, int32_t lo, int32_t hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+/* gemmlowp SaturatingRoundingMultiplyByPOT with a positive exponent: a saturating left shift. */
+static inline int32_t tk_sat_shl(int32_t x, int e)
+{
+    const int32_t threshold = (int32_t)((((uint32_t)1) << (31 - e)) - 1u);
+    if (x > threshold) {
+        return INT32_MAX;
+    }
+    if (x < -threshold) {
+        return INT32_MIN;
+    }
+    return (int32_t)((uint32_t)x << e);
+}
+
+#endif
