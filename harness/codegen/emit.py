@@ -1,0 +1,566 @@
+"""The C emitter: model.h / model.c for one int8 graph, following firmware/README.md's model ABI.
+
+Every layer becomes a `static const` parameter block (shapes, folded biases, multipliers and shifts,
+all in flash) and one kernel call on arena pointers placed by the memory planner. Integer parameters
+come only from `harness.model.params.derive`, the same source the numpy reference uses. Text from the
+model file (model and layer names) reaches C only as identifiers made by `ir.c_identifier` or as
+escaped string literals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from harness.codegen.planner import MemoryPlan, plan_memory
+from harness.errors import UnsupportedModelError
+from harness.model import params as P
+from harness.model.ir import Graph, Op, c_identifier, op_macs
+
+REPO = Path(__file__).resolve().parents[2]
+KERNEL_DIR = REPO / "firmware" / "kernels"
+
+# Which kernel source implements each op (build.py compiles only the ones a model needs).
+KERNEL_FILES: dict[str, str] = {
+    "CONV_2D": "tk_conv.c",
+    "DEPTHWISE_CONV_2D": "tk_conv.c",
+    "FULLY_CONNECTED": "tk_fc.c",
+    "ADD": "tk_eltwise.c",
+    "QUANTIZE": "tk_eltwise.c",
+    "CONCATENATION": "tk_eltwise.c",
+    "PAD": "tk_eltwise.c",
+    "AVERAGE_POOL_2D": "tk_pool.c",
+    "MAX_POOL_2D": "tk_pool.c",
+    "MEAN": "tk_pool.c",
+    "SOFTMAX": "tk_softmax.c",
+}
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass
+class IOSpec:
+    """One int8 model input or output as it sits in the arena."""
+
+    tensor: int  # index in the interior graph
+    name: str
+    offset: int
+    bytes: int
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    boundary: P.BoundaryParams | None = None  # the float QUANTIZE/DEQUANTIZE done on the host, if any
+
+
+@dataclass
+class LayerRow:
+    index: int
+    name: str
+    ident: str  # the C identifier of its parameter block
+    op: str
+    input_shapes: list[tuple[int, ...]]
+    output_shape: tuple[int, ...]
+    macs: int
+    weight_bytes: int  # bytes of constant data emitted for it (weights, folded bias, multipliers, shifts)
+    activation_bytes: int  # bytes of its activation inputs and output
+    input_offsets: list[int | None]  # arena offsets of its inputs (None: a constant)
+    output_offset: int
+
+
+@dataclass
+class CodegenResult:
+    name: str
+    out_dir: Path
+    files: list[Path]  # what was written (model.h, model.c)
+    kernel_sources: list[Path]  # the kernel .c files this model needs
+    include_dirs: list[Path]  # the generated dir and the kernel dir
+    arena_bytes: int
+    plan: MemoryPlan
+    inputs: list[IOSpec]
+    outputs: list[IOSpec]
+    layers: list[LayerRow]
+    weight_bytes: int  # constant data emitted (flash), all layers
+    macs: int
+    dsp: bool = False
+    graph: Graph | None = field(default=None, repr=False)
+
+
+# --- C text helpers ----------------------------------------------------------------------------------
+
+_SAFE = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.,:()[]+=@")
+
+
+def c_string(text: str) -> str:
+    """A C string literal of `text`: anything outside a small safe set becomes a 3-digit octal escape,
+    so quotes, backslashes, newlines, comment markers and trigraphs cannot escape the literal (and the
+    literal is also safe inside a /* comment */)."""
+    return '"' + "".join(chr(b) if b in _SAFE else f"\\{b:03o}" for b in text.encode("utf-8")) + '"'
+
+
+def c_int(v: int) -> str:
+    v = int(v)
+    if not INT32_MIN <= v <= INT32_MAX:
+        raise UnsupportedModelError(f"value {v} does not fit in int32")
+    return "(-2147483647 - 1)" if v == INT32_MIN else str(v)
+
+
+def c_float(x: float) -> str:
+    text = repr(float(np.float32(x)))
+    if "e" not in text and "." not in text:
+        text += ".0"
+    return text + "f"
+
+
+def c_array(ctype: str, name: str, values: np.ndarray, per_line: int = 24) -> str:
+    flat = [c_int(v) for v in np.asarray(values).reshape(-1).tolist()]
+    lines = [", ".join(flat[i : i + per_line]) for i in range(0, len(flat), per_line)]
+    body = ",\n    ".join(lines)
+    return f"static const {ctype} {name}[{len(flat)}] = {{\n    {body}\n}};\n"
+
+
+def dims(shape: tuple[int, ...]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+# --- per-op emission ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    decls: list[str]
+    calls: list[str]
+    weight_bytes: int
+    note: str = ""
+
+
+def _fold_bias(graph: Graph, op: Op, sum_axes: tuple[int, ...], input_offset: int, n_out: int) -> np.ndarray:
+    w = graph.tensors[op.inputs[1]].data.astype(np.int64)
+    b_idx = op.inputs[2] if len(op.inputs) > 2 else -1
+    bias = graph.tensors[b_idx].data.astype(np.int64).reshape(-1) if b_idx >= 0 else np.zeros(n_out, np.int64)
+    folded = bias + input_offset * w.sum(axis=sum_axes).reshape(-1)
+    if folded.min() < INT32_MIN or folded.max() > INT32_MAX:
+        raise UnsupportedModelError(f"layer '{op.name}': bias + offset * weight sum overflows int32")
+    return folded
+
+
+def _rq_fields(ident: str, p, n: int) -> tuple[list[str], str]:
+    mult = np.broadcast_to(np.asarray(p.multipliers, dtype=np.int64).reshape(-1), (n,))
+    shift = np.broadcast_to(np.asarray(p.shifts, dtype=np.int64).reshape(-1), (n,))
+    decls = [c_array("int32_t", f"{ident}_mult", mult), c_array("int32_t", f"{ident}_shift", shift)]
+    init = (
+        f".rq = {{ .mult = {ident}_mult, .shift = {ident}_shift, .output_offset = {c_int(p.output_offset)}, "
+        f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)} }}"
+    )
+    return decls, init
+
+
+def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    p = P.derive(graph, op)
+    x, w, y = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
+    if len(x.shape) != 4 or x.shape[0] != 1:
+        raise UnsupportedModelError(f"layer '{op.name}' ({op.kind}): only batch-1 NHWC inputs are supported")
+    _, ih, iw, ic = x.shape
+    _, oh, ow, oc = y.shape
+    dw = op.kind == "DEPTHWISE_CONV_2D"
+    kh, kw = w.shape[1], w.shape[2]
+    folded = _fold_bias(graph, op, (0, 1, 2) if dw else (1, 2, 3), p.input_offset, oc)
+    weights = w.data.astype(np.int8)
+    decls = [c_array("int8_t", f"{ident}_w", weights), c_array("int32_t", f"{ident}_bias", folded)]
+    rq_decls, rq = _rq_fields(ident, p, oc)
+    decls += rq_decls
+    m = p.depth_multiplier if dw else 1
+    decls.append(
+        f"static const tk_conv_t {ident} = {{\n"
+        f"    .in_h = {ih}, .in_w = {iw}, .in_c = {ic}, .out_h = {oh}, .out_w = {ow}, .out_c = {oc},\n"
+        f"    .k_h = {kh}, .k_w = {kw}, .stride_h = {p.stride[0]}, .stride_w = {p.stride[1]},\n"
+        f"    .dil_h = {p.dilation[0]}, .dil_w = {p.dilation[1]}, .pad_t = {p.pad[0]}, .pad_l = {p.pad[1]},\n"
+        f"    .depth_mult = {m}, .input_zp = {c_int(-p.input_offset)},\n"
+        f"    .weights = {ident}_w, .bias = {ident}_bias,\n"
+        f"    {rq}\n}};\n"
+    )
+    fn = "tk_depthwise" if dw else "tk_conv2d"
+    note = f"{kh}x{kw} s{p.stride[0]}x{p.stride[1]} pad {p.pad[0]},{p.pad[1]}" + (f" x{m}" if m > 1 else "")
+    nbytes = weights.size + 4 * folded.size + 8 * oc
+    return _Layer(decls, [f"{fn}(&{ident}, {a[0]}, {out});"], nbytes, note)
+
+
+def _fc(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    p = P.derive(graph, op)
+    x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
+    n_out, n_in = w.shape
+    if x.size % n_in:
+        raise UnsupportedModelError(
+            f"layer '{op.name}': input of {x.size} elements is not a multiple of {n_in}"
+        )
+    folded = _fold_bias(graph, op, (1,), p.input_offset, n_out)
+    decls = [
+        c_array("int8_t", f"{ident}_w", w.data.astype(np.int8)),
+        c_array("int32_t", f"{ident}_bias", folded),
+    ]
+    rq_decls, rq = _rq_fields(ident, p, n_out)
+    decls += rq_decls
+    decls.append(
+        f"static const tk_fc_t {ident} = {{\n"
+        f"    .batches = {x.size // n_in}, .in_features = {n_in}, .out_features = {n_out},\n"
+        f"    .weights = {ident}_w, .bias = {ident}_bias,\n    {rq}\n}};\n"
+    )
+    return _Layer(decls, [f"tk_fully_connected(&{ident}, {a[0]}, {out});"], w.size + 12 * n_out)
+
+
+def _strides4(shape: tuple[int, ...], out4: tuple[int, ...]) -> list[int]:
+    s4 = (1,) * (4 - len(shape)) + tuple(shape)
+    strides, acc = [0] * 4, 1
+    for d in range(3, -1, -1):
+        strides[d] = 0 if s4[d] == 1 and out4[d] != 1 else acc
+        acc *= s4[d]
+    return strides
+
+
+def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    p = P.derive(graph, op)
+    s1, s2 = graph.tensors[op.inputs[0]].shape, graph.tensors[op.inputs[1]].shape
+    y = graph.tensors[op.outputs[0]]
+    if len(y.shape) > 4:
+        raise UnsupportedModelError(f"layer '{op.name}': ADD of more than 4 dimensions")
+    out4 = (1,) * (4 - len(y.shape)) + tuple(y.shape)
+    flat = int(tuple(s1) == tuple(y.shape) and tuple(s2) == tuple(y.shape))
+    st1, st2 = _strides4(s1, out4), _strides4(s2, out4)
+    decls = [
+        f"static const tk_add_t {ident} = {{\n"
+        f"    .flat = {flat}, .size = {y.size}, .dims = {{{', '.join(map(str, out4))}}},\n"
+        f"    .stride1 = {{{', '.join(map(str, st1))}}}, .stride2 = {{{', '.join(map(str, st2))}}},\n"
+        f"    .input1_offset = {c_int(p.input1_offset)}, .input2_offset = {c_int(p.input2_offset)}, "
+        f".output_offset = {c_int(p.output_offset)}, .left_shift = {c_int(p.left_shift)},\n"
+        f"    .input1_mult = {c_int(p.input1_multiplier)}, .input1_shift = {c_int(p.input1_shift)}, "
+        f".input2_mult = {c_int(p.input2_multiplier)}, .input2_shift = {c_int(p.input2_shift)},\n"
+        f"    .output_mult = {c_int(p.output_multiplier)}, .output_shift = {c_int(p.output_shift)}, "
+        f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}\n}};\n"
+    ]
+    return _Layer(decls, [f"tk_add(&{ident}, {a[0]}, {a[1]}, {out});"], 0)
+
+
+def _pool(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    p = P.derive(graph, op)
+    x, y = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    if len(x.shape) != 4 or x.shape[0] != 1:
+        raise UnsupportedModelError(f"layer '{op.name}' ({op.kind}): only batch-1 NHWC inputs are supported")
+    decls = [
+        f"static const tk_pool_t {ident} = {{\n"
+        f"    .in_h = {x.shape[1]}, .in_w = {x.shape[2]}, .c = {x.shape[3]}, "
+        f".out_h = {y.shape[1]}, .out_w = {y.shape[2]},\n"
+        f"    .f_h = {p.filter[0]}, .f_w = {p.filter[1]}, "
+        f".stride_h = {p.stride[0]}, .stride_w = {p.stride[1]}, "
+        f".pad_t = {p.pad[0]}, .pad_l = {p.pad[1]},\n"
+        f"    .act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}\n}};\n"
+    ]
+    fn = "tk_avg_pool" if op.kind == "AVERAGE_POOL_2D" else "tk_max_pool"
+    note = f"{p.filter[0]}x{p.filter[1]} s{p.stride[0]}x{p.stride[1]}"
+    return _Layer(decls, [f"{fn}(&{ident}, {a[0]}, {out});"], 0, note)
+
+
+def _mean(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    x = graph.tensors[op.inputs[0]]
+    axes = tuple(sorted(op.options.get("axes", ())))
+    if len(x.shape) != 4 or x.shape[0] != 1 or axes != (1, 2):
+        raise UnsupportedModelError(
+            f"layer '{op.name}': MEAN is supported over axes (1, 2) of a batch-1 NHWC tensor, not {axes} of "
+            f"{dims(x.shape)}"
+        )
+    p = P.derive(graph, op)
+    decls = [
+        f"static const tk_mean_t {ident} = {{\n"
+        f"    .hw = {x.shape[1] * x.shape[2]}, .c = {x.shape[3]}, .input_offset = {c_int(p.input_offset)}, "
+        f".output_offset = {c_int(p.output_offset)},\n"
+        f"    .mult = {c_int(p.multiplier)}, .shift = {c_int(p.shift)}, .count = {c_int(p.count)}\n}};\n"
+    ]
+    return _Layer(decls, [f"tk_mean_hw(&{ident}, {a[0]}, {out});"], 0)
+
+
+def _requant_block(name: str, rp: P.RequantParams, outer: int, inner: int, out_stride: int) -> str:
+    return (
+        f"static const tk_requant_t {name} = {{\n"
+        f"    .outer = {outer}, .inner = {inner}, .out_stride = {out_stride}, "
+        f".identity = {int(bool(rp.identity))},\n"
+        f"    .input_offset = {c_int(rp.input_offset)}, .output_offset = {c_int(rp.output_offset)}, "
+        f".mult = {c_int(rp.multiplier)}, .shift = {c_int(rp.shift)}\n}};\n"
+    )
+
+
+def _quantize(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    x, y = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    if x.dtype != "int8" or y.dtype != "int8":
+        raise UnsupportedModelError(
+            f"layer '{op.name}': QUANTIZE {x.dtype} -> {y.dtype} inside the model; only int8 -> int8 runs on "
+            "the device (float boundaries are handled on the host)"
+        )
+    rp = P.derive(graph, op)
+    return _Layer(
+        [_requant_block(ident, rp, 1, y.size, y.size)], [f"tk_requant(&{ident}, {a[0]}, {out});"], 0
+    )
+
+
+def _concat(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    p = P.derive(graph, op)
+    y = graph.tensors[op.outputs[0]]
+    axis = p.axis
+    outer = math.prod(y.shape[:axis])
+    out_inner = math.prod(y.shape[axis:])
+    decls, calls, col = [], [], 0
+    for j, (t, rp) in enumerate(zip(op.inputs, p.inputs, strict=True)):
+        inner = math.prod(graph.tensors[t].shape[axis:])
+        decls.append(_requant_block(f"{ident}_in{j}", rp, outer, inner, out_inner))
+        calls.append(f"tk_requant(&{ident}_in{j}, {a[j]}, {out} + {col});")
+        col += inner
+    return _Layer(decls, calls, 0, f"axis {axis}")
+
+
+def _pad(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    p = P.derive(graph, op)
+    x, y = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    if len(x.shape) > 4:
+        raise UnsupportedModelError(f"layer '{op.name}': PAD of more than 4 dimensions")
+    lead = 4 - len(x.shape)
+    in4 = (1,) * lead + tuple(x.shape)
+    out4 = (1,) * lead + tuple(y.shape)
+    before = (0,) * lead + tuple(int(b) for b, _ in p.paddings)
+    decls = [
+        f"static const tk_pad_t {ident} = {{\n"
+        f"    .in_dims = {{{', '.join(map(str, in4))}}}, .out_dims = {{{', '.join(map(str, out4))}}},\n"
+        f"    .before = {{{', '.join(map(str, before))}}}, .pad_value = {c_int(p.pad_value)}\n}};\n"
+    ]
+    return _Layer(decls, [f"tk_pad(&{ident}, {a[0]}, {out});"], 0)
+
+
+def _softmax(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+    p = P.derive(graph, op)
+    x = graph.tensors[op.inputs[0]]
+    depth = x.shape[-1]
+    decls = [
+        f"static const tk_softmax_t {ident} = {{\n"
+        f"    .rows = {x.size // depth}, .depth = {depth}, .input_mult = {c_int(p.input_multiplier)}, "
+        f".input_left_shift = {c_int(p.input_left_shift)}, .diff_min = {c_int(p.diff_min)}\n}};\n"
+    ]
+    return _Layer(decls, [f"tk_softmax(&{ident}, {a[0]}, {out});"], 0)
+
+
+_EMITTERS = {
+    "CONV_2D": _conv,
+    "DEPTHWISE_CONV_2D": _conv,
+    "FULLY_CONNECTED": _fc,
+    "ADD": _add,
+    "AVERAGE_POOL_2D": _pool,
+    "MAX_POOL_2D": _pool,
+    "MEAN": _mean,
+    "QUANTIZE": _quantize,
+    "CONCATENATION": _concat,
+    "PAD": _pad,
+    "SOFTMAX": _softmax,
+}
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+def _check_ops(graph: Graph) -> None:
+    for k, op in enumerate(graph.ops):
+        if op.kind == "RESHAPE":
+            continue
+        if op.kind not in _EMITTERS:
+            raise UnsupportedModelError(
+                f"layer {k} '{op.name}': {op.kind} is not supported by the code generator inside the int8 "
+                f"model (supported: {', '.join(sorted(_EMITTERS) + ['RESHAPE'])})"
+            )
+        for t in op.inputs + op.outputs:
+            if t >= 0 and not graph.tensors[t].is_const and graph.tensors[t].dtype != "int8":
+                raise UnsupportedModelError(
+                    f"layer {k} '{op.name}' ({op.kind}): tensor '{graph.tensors[t].name}' is "
+                    f"{graph.tensors[t].dtype}; the device runs int8 activations only "
+                    "(quantize to int8 first)"
+                )
+
+
+def _io_spec(graph: Graph, t: int, plan: MemoryPlan, boundary: P.BoundaryParams | None) -> IOSpec:
+    x = graph.tensors[t]
+    if x.quant is None:
+        raise UnsupportedModelError(f"model input/output '{x.name}' has no quantization parameters")
+    return IOSpec(t, x.name, plan.offsets[t], x.nbytes, tuple(x.shape), x.quant.s, x.quant.zp, boundary)
+
+
+def _tensor_entry(s: IOSpec) -> str:
+    d = list(s.shape) + [0] * (4 - len(s.shape))
+    if len(s.shape) > 4:
+        raise UnsupportedModelError(f"model input/output '{s.name}' has more than 4 dimensions")
+    return (
+        f"    {{ .offset = {s.offset}u, .bytes = {s.bytes}u, .scale = {c_float(s.scale)}, "
+        f".zero_point = {s.zero_point}, .ndim = {len(s.shape)}, .dims = {{{', '.join(map(str, d))}}} }}, "
+        f"/* {c_string(s.name)} */"
+    )
+
+
+def analyse(graph: Graph) -> tuple[MemoryPlan, list[LayerRow]]:
+    """The memory plan and per-layer rows of an int8 interior graph, without emitting code (weight
+    bytes here count the raw weight tensors; `generate` counts what it emits)."""
+    _check_ops(graph)
+    plan = plan_memory(graph)
+    rows = []
+    for k, op in enumerate(graph.ops):
+        rows.append(
+            _row(graph, plan, k, op, sum(graph.tensors[t].nbytes for t in op.inputs[1:] if _const(graph, t)))
+        )
+    return plan, rows
+
+
+def _const(graph: Graph, t: int) -> bool:
+    return t >= 0 and graph.tensors[t].is_const
+
+
+def _ident(k: int, op: Op) -> str:
+    return f"l{k}_" + c_identifier(op.name or op.kind.lower())
+
+
+def _row(graph: Graph, plan: MemoryPlan, k: int, op: Op, weight_bytes: int) -> LayerRow:
+    acts = [t for t in op.inputs if t >= 0 and not graph.tensors[t].is_const]
+    return LayerRow(
+        index=k,
+        name=op.name,
+        ident=_ident(k, op),
+        op=op.kind,
+        input_shapes=[tuple(graph.tensors[t].shape) for t in acts],
+        output_shape=tuple(graph.tensors[op.outputs[0]].shape),
+        macs=op_macs(graph, op),
+        weight_bytes=weight_bytes,
+        activation_bytes=sum(graph.tensors[t].nbytes for t in acts + list(op.outputs)),
+        input_offsets=[plan.offsets.get(t) if t >= 0 else None for t in op.inputs],
+        output_offset=plan.offsets[op.outputs[0]],
+    )
+
+
+def split_interior(
+    graph: Graph,
+) -> tuple[Graph, list[P.BoundaryParams | None], list[P.BoundaryParams | None]]:
+    """The int8 interior and the float boundaries (harness.model.boundary), or the graph itself when
+    it has no float boundary."""
+    try:
+        from harness.model.boundary import split_boundary
+    except ImportError:  # pragma: no cover - until the boundary module exists
+        return graph, [None] * len(graph.inputs), [None] * len(graph.outputs)
+    return split_boundary(graph)
+
+
+def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False) -> CodegenResult:
+    interior, in_bounds, out_bounds = split_interior(graph)
+    interior.validate()
+    _check_ops(interior)
+    plan = plan_memory(interior)
+    ident_model = c_identifier(interior.name or "model", "m")
+    inputs = [_io_spec(interior, t, plan, b) for t, b in zip(interior.inputs, in_bounds, strict=True)]
+    outputs = [_io_spec(interior, t, plan, b) for t, b in zip(interior.outputs, out_bounds, strict=True)]
+
+    decls: list[str] = []
+    body: list[str] = []
+    rows: list[LayerRow] = []
+    kernels: set[str] = set()
+    for k, op in enumerate(interior.ops):
+        ident = _ident(k, op)
+        ptr = [f"arena + {plan.offsets[t]}" if t >= 0 and t in plan.offsets else "0" for t in op.inputs]
+        acts = [p for t, p in zip(op.inputs, ptr, strict=True) if t >= 0 and t in plan.offsets]
+        out = f"arena + {plan.offsets[op.outputs[0]]}"
+        shapes = " ".join(dims(interior.tensors[t].shape) for t in op.inputs if t in plan.offsets)
+        y_shape = dims(interior.tensors[op.outputs[0]].shape)
+        head = f"    /* {k} {op.kind} {c_string(op.name)}: {shapes} -> {y_shape}"
+        if op.kind == "RESHAPE":
+            body.append(head + ", aliases its input (no copy) */")
+            rows.append(_row(interior, plan, k, op, 0))
+            continue
+        layer = _EMITTERS[op.kind](interior, op, ident, acts, out)
+        kernels.add(KERNEL_FILES[op.kind])
+        macs = op_macs(interior, op)
+        extra = (f", {layer.note}" if layer.note else "") + (f", {macs} MACs" if macs else "")
+        decls.append(f"/* layer {k}: {op.kind} {c_string(op.name)} */\n" + "".join(layer.decls))
+        body.append(head + extra + " */")
+        body += [f"    {c}" for c in layer.calls]
+        rows.append(_row(interior, plan, k, op, layer.weight_bytes))
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    macs = interior.macs()
+    header = _model_h(interior, ident_model, plan, inputs, outputs, macs)
+    source = _model_c(interior, decls, body, inputs, outputs)
+    files = []
+    for fname, text in (("model.h", header), ("model.c", source)):
+        path = out_dir / fname
+        if (
+            not path.exists() or path.read_text() != text
+        ):  # keep mtimes of unchanged files for make-like caches
+            path.write_text(text)
+        files.append(path)
+    return CodegenResult(
+        name=interior.name,
+        out_dir=out_dir,
+        files=files,
+        kernel_sources=[KERNEL_DIR / f for f in sorted(kernels)],
+        include_dirs=[out_dir, KERNEL_DIR],
+        arena_bytes=plan.arena_bytes,
+        plan=plan,
+        inputs=inputs,
+        outputs=outputs,
+        layers=rows,
+        weight_bytes=sum(r.weight_bytes for r in rows),
+        macs=macs,
+        dsp=dsp,
+        graph=interior,
+    )
+
+
+def _model_h(graph: Graph, ident: str, plan: MemoryPlan, inputs, outputs, macs: int) -> str:
+    guard = "MODEL_H"
+    return f"""/* Generated by harness.codegen: the model ABI of firmware/README.md. Do not edit. */
+#ifndef {guard}
+#define {guard}
+
+#include <stdint.h>
+
+#define MODEL_NAME        {c_string(graph.name)}
+#define MODEL_ARENA_BYTES {plan.arena_bytes}u
+#define MODEL_NUM_INPUTS  {len(inputs)}
+#define MODEL_NUM_OUTPUTS {len(outputs)}
+#define MODEL_NUM_LAYERS  {len(graph.ops)}
+#define MODEL_MACS        {macs}u
+
+typedef struct {{
+    uint32_t offset;      /* byte offset of the tensor in the arena */
+    uint32_t bytes;       /* int8 elements */
+    float scale;          /* quantization of the int8 tensor */
+    int32_t zero_point;
+    uint8_t ndim;
+    int32_t dims[4];
+}} model_tensor_t;
+
+extern const model_tensor_t model_inputs[MODEL_NUM_INPUTS];
+extern const model_tensor_t model_outputs[MODEL_NUM_OUTPUTS];
+
+/* Runs every layer. `arena` holds MODEL_ARENA_BYTES bytes, 16-byte aligned; the inputs have been
+   written at their offsets, the outputs are read at theirs afterwards. Weights are const (flash). */
+void model_run(int8_t *arena);
+
+#endif /* {guard} */
+"""
+
+
+def _model_c(graph: Graph, decls: list[str], body: list[str], inputs, outputs) -> str:
+    ins = "\n".join(_tensor_entry(s) for s in inputs)
+    outs = "\n".join(_tensor_entry(s) for s in outputs)
+    return (
+        f"/* Generated by harness.codegen for {c_string(graph.name)}: {len(graph.ops)} layers. "
+        "Do not edit. */\n"
+        '#include <stdint.h>\n\n#include "model.h"\n#include "tk_kernels.h"\n\n'
+        + "\n".join(decls)
+        + f"\nconst model_tensor_t model_inputs[MODEL_NUM_INPUTS] = {{\n{ins}\n}};\n\n"
+        + f"const model_tensor_t model_outputs[MODEL_NUM_OUTPUTS] = {{\n{outs}\n}};\n\n"
+        + "void model_run(int8_t *arena)\n{\n"
+        + "\n".join(body)
+        + "\n}\n"
+    )

@@ -1,0 +1,168 @@
+"""Static memory plan: every activation tensor of the int8 graph gets a fixed byte offset in one arena.
+
+A tensor occupies its buffer from the op that writes it to the last op that reads it, both inclusive
+(an op's inputs and outputs are live together: the kernels do not work in place). Graph inputs are
+live from before the first op, graph outputs until after the last. RESHAPE moves no data: its output
+shares its input's buffer (the group's lifetime is the union of its members').
+
+Offsets come from a greedy placement: buffers in some order, each put into the smallest gap between
+already-placed buffers whose lifetimes overlap its own (best fit), else above them all. A few orders
+are tried and the smallest arena kept. Offsets and sizes are rounded up to `alignment` bytes, so for a
+chain of layers the arena is the largest align(input) + align(output) pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.errors import UnsupportedModelError
+from harness.model.ir import Graph
+
+ALIGNMENT = 16
+
+
+def align(n: int, a: int = ALIGNMENT) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass
+class Buffer:
+    """One region of the arena: a tensor and the RESHAPE outputs that alias it."""
+
+    tensors: list[int]
+    size: int  # bytes (unaligned)
+    first: int  # index of the op that writes it; -1 for a graph input
+    last: int  # index of the last op that reads it; len(ops) for a graph output
+    offset: int = -1
+
+    def overlaps_in_time(self, other: Buffer) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+@dataclass
+class MemoryPlan:
+    arena_bytes: int
+    alignment: int
+    buffers: list[Buffer]
+    offsets: dict[int, int] = field(default_factory=dict)  # tensor index -> byte offset
+    lifetimes: dict[int, tuple[int, int]] = field(default_factory=dict)  # tensor index -> (first, last)
+
+    def buffer_of(self, tensor: int) -> Buffer:
+        for b in self.buffers:
+            if tensor in b.tensors:
+                return b
+        raise KeyError(tensor)
+
+    def live_bytes_at(self, op_index: int) -> int:
+        """Bytes of the buffers alive while op `op_index` runs (unaligned sizes)."""
+        return sum(b.size for b in self.buffers if b.first <= op_index <= b.last)
+
+    def check(self) -> None:
+        """Raise AssertionError if two simultaneously-live buffers overlap or one leaves the arena."""
+        for i, a in enumerate(self.buffers):
+            assert a.offset >= 0 and a.offset % self.alignment == 0, f"buffer {a.tensors}: offset {a.offset}"
+            assert a.offset + a.size <= self.arena_bytes, f"buffer {a.tensors} leaves the arena"
+            for b in self.buffers[i + 1 :]:
+                if a.overlaps_in_time(b):
+                    apart = a.offset + a.size <= b.offset or b.offset + b.size <= a.offset
+                    assert apart, f"live buffers {a.tensors} and {b.tensors} overlap in the arena"
+
+
+def buffers_of(graph: Graph) -> list[Buffer]:
+    """The buffers to place: activation tensors grouped by RESHAPE aliasing, with their lifetimes."""
+    parent: dict[int, int] = {}
+
+    def find(t: int) -> int:
+        while parent.get(t, t) != t:
+            t = parent[t]
+        return t
+
+    for k, op in enumerate(graph.ops):
+        if op.kind == "RESHAPE":
+            src = op.inputs[0]
+            if graph.tensors[src].is_const:
+                raise UnsupportedModelError(
+                    f"layer {k} '{op.name}': RESHAPE of a constant tensor is not supported (fold it into "
+                    "the constant when exporting)"
+                )
+            parent[find(op.outputs[0])] = find(src)
+
+    n_ops = len(graph.ops)
+    first: dict[int, int] = {t: -1 for t in graph.inputs}
+    last: dict[int, int] = {t: n_ops for t in graph.outputs}
+    for k, op in enumerate(graph.ops):
+        for t in op.outputs:
+            first.setdefault(t, k)
+            last.setdefault(t, k)
+        for t in op.inputs:
+            if t >= 0 and not graph.tensors[t].is_const:
+                first.setdefault(t, k)
+                last[t] = max(last.get(t, k), k)
+    groups: dict[int, Buffer] = {}
+    for t in sorted(set(first) | set(last)):
+        if graph.tensors[t].is_const:
+            continue
+        root = find(t)
+        size = graph.tensors[t].nbytes
+        f, l_ = first.get(t, -1), last.get(t, first.get(t, -1))
+        b = groups.get(root)
+        if b is None:
+            groups[root] = Buffer([t], size, f, max(l_, f))
+        else:
+            b.tensors.append(t)
+            b.size = max(b.size, size)
+            b.first = min(b.first, f)
+            b.last = max(b.last, l_)
+    return list(groups.values())
+
+
+def _place(buffers: list[Buffer], order: list[int], alignment: int) -> int:
+    placed: list[Buffer] = []
+    top = 0
+    for i in order:
+        b = buffers[i]
+        need = align(b.size, alignment)
+        busy = sorted((p for p in placed if p.overlaps_in_time(b)), key=lambda p: p.offset)
+        best: tuple[int, int] | None = None  # (gap size, offset)
+        end = 0
+        for p in busy:
+            gap = p.offset - end
+            if gap >= need and (best is None or gap < best[0]):
+                best = (gap, end)
+            end = max(end, p.offset + align(p.size, alignment))
+        b.offset = best[1] if best is not None else end
+        top = max(top, b.offset + need)
+        placed.append(b)
+    return top
+
+
+def plan_memory(graph: Graph, alignment: int = ALIGNMENT) -> MemoryPlan:
+    """Place every activation buffer of `graph` (an int8 interior) in one arena; see the module doc."""
+    buffers = buffers_of(graph)
+    idx = list(range(len(buffers)))
+    orders = [
+        sorted(idx, key=lambda i: (-buffers[i].size, buffers[i].first)),
+        sorted(
+            idx, key=lambda i: (-buffers[i].size * (buffers[i].last - buffers[i].first + 1), buffers[i].first)
+        ),
+        sorted(idx, key=lambda i: (-(buffers[i].last - buffers[i].first), -buffers[i].size)),
+        sorted(idx, key=lambda i: (buffers[i].first, -buffers[i].size)),
+    ]
+    best_top, best_offsets = None, None
+    for order in orders:
+        top = _place(buffers, order, alignment)
+        if best_top is None or top < best_top:
+            best_top, best_offsets = top, [b.offset for b in buffers]
+    for b, off in zip(buffers, best_offsets or [], strict=True):
+        b.offset = off
+    plan = MemoryPlan(align(best_top or 0, alignment), alignment, buffers)
+    for b in buffers:
+        for t in b.tensors:
+            plan.offsets[t] = b.offset
+            plan.lifetimes[t] = (b.first, b.last)
+    return plan
+
+
+def naive_arena_bytes(graph: Graph, alignment: int = ALIGNMENT) -> int:
+    """A plan without reuse: every buffer at its own offset (the upper bound the planner must beat)."""
+    return sum(align(b.size, alignment) for b in buffers_of(graph))

@@ -1,0 +1,273 @@
+"""The C kernels on the host, each against a numpy statement of TFLite's integer arithmetic, with
+integer parameters chosen here (params.derive is replaced by a table), so the kernels are tested
+independently of the parameter derivation. The whole-model bit-exactness tests (against the numpy
+reference and the interpreter) are in test_codegen_models.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.model import params as P
+from harness.model.ir import Graph, Op, Quant, Tensor, conv_out_size
+from harness.targets.host import HostModel
+
+I32 = np.int64
+
+
+def srdhm(a, b):
+    a = np.asarray(a, I32)
+    b = np.asarray(b, I32)
+    ab = a * b
+    x = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    r = np.where(x < 0, -((-x) >> 31), x >> 31)  # C++ division truncates towards zero
+    return np.where((a == b) & (a == -(2**31)), 2**31 - 1, r)
+
+
+def rdbpot(x, e):
+    x = np.asarray(x, I32)
+    e = np.asarray(e, I32)
+    mask = (np.int64(1) << e) - 1
+    rem = x & mask
+    thr = (mask >> 1) + (x < 0)
+    return (x >> e) + (rem > thr)
+
+
+def wrap32(x):
+    return ((np.asarray(x, I32) + 2**31) % 2**32) - 2**31
+
+
+def mbqm(x, m, s):
+    s = np.asarray(s, I32)
+    left = np.maximum(s, 0)
+    right = np.maximum(-s, 0)
+    return rdbpot(srdhm(wrap32(np.asarray(x, I32) << left), m), right)
+
+
+def q(scale=0.05, zp=0):
+    return Quant(np.array([scale], np.float32), np.array([zp]))
+
+
+class Table:
+    """Stands in for params.derive: the parameters of each op, chosen by the test."""
+
+    def __init__(self):
+        self.by_op: dict[int, object] = {}
+
+    def __call__(self, graph, op):
+        return self.by_op.get(id(op))
+
+
+@pytest.fixture
+def table(monkeypatch):
+    t = Table()
+    monkeypatch.setattr(P, "derive", t)
+    return t
+
+
+def rand_rq(rng, n):
+    mult = rng.integers(2**30, 2**31 - 1, size=n, dtype=I32)
+    shift = rng.integers(-11, -6, size=n, dtype=I32)
+    return mult, shift
+
+
+def run_host(graph, inputs, tmp_path):
+    return HostModel(graph, cache_dir=tmp_path).run(inputs)
+
+
+def extremes(shape, rng):
+    return [
+        rng.integers(-128, 128, size=shape, dtype=np.int8),
+        np.full(shape, -128, np.int8),
+        np.full(shape, 127, np.int8),
+    ]
+
+
+# --- conv / depthwise -------------------------------------------------------------------------------
+
+
+def conv_ref(x, w, bias, p: P.ConvParams, out_hw, depthwise: bool):
+    """TFLite's per-channel conv / depthwise: out-of-bounds taps skipped, acc = sum w*(x+off) + bias."""
+    _, ih, iw, ic = x.shape
+    oh, ow = out_hw
+    kh, kw = w.shape[1], w.shape[2]
+    oc = w.shape[3] if depthwise else w.shape[0]
+    acc = np.zeros((oh, ow, oc), I32)
+    xs = x[0].astype(I32) + p.input_offset
+    for oy in range(oh):
+        for ox in range(ow):
+            for ky in range(kh):
+                for kx in range(kw):
+                    iy = oy * p.stride[0] - p.pad[0] + ky * p.dilation[0]
+                    ix = ox * p.stride[1] - p.pad[1] + kx * p.dilation[1]
+                    if not (0 <= iy < ih and 0 <= ix < iw):
+                        continue
+                    if depthwise:
+                        acc[oy, ox] += np.repeat(xs[iy, ix], p.depth_multiplier) * w[0, ky, kx].astype(I32)
+                    else:
+                        acc[oy, ox] += w[:, ky, kx, :].astype(I32) @ xs[iy, ix]
+    acc += bias
+    y = mbqm(acc, p.multipliers, p.shifts) + p.output_offset
+    return np.clip(y, p.act_min, p.act_max).astype(np.int8)[None]
+
+
+CONV_CASES = [
+    # (in h, w, c), out c, (kh, kw), stride, dilation, padding, depthwise, multiplier
+    ((7, 9, 5), 6, (3, 3), (1, 1), (1, 1), "SAME", False, 1),
+    ((9, 7, 3), 8, (3, 3), (2, 2), (1, 1), "SAME", False, 1),
+    ((6, 6, 8), 7, (1, 1), (1, 1), (1, 1), "VALID", False, 1),
+    ((7, 7, 4), 5, (1, 1), (2, 2), (1, 1), "SAME", False, 1),
+    ((11, 10, 3), 4, (5, 3), (1, 2), (2, 1), "VALID", False, 1),
+    ((8, 9, 6), 6, (3, 3), (1, 1), (1, 1), "SAME", True, 1),
+    ((9, 9, 5), 5, (3, 3), (2, 2), (1, 1), "SAME", True, 1),
+    ((7, 8, 3), 6, (3, 3), (1, 1), (1, 1), "SAME", True, 2),
+    ((10, 9, 4), 4, (5, 5), (1, 1), (2, 2), "SAME", True, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"c{i}" for i in range(len(CONV_CASES))])
+@pytest.mark.parametrize("in_zp", [-128, 5, 127])
+def test_conv_kernels_match_tflite_arithmetic(case, in_zp, table, tmp_path):
+    (ih, iw, ic), oc, (kh, kw), stride, dil, padding, dw, m = case
+    rng = np.random.default_rng(hash((case, in_zp)) % 2**32)
+    oh, pt = conv_out_size(ih, kh, stride[0], dil[0], padding)
+    ow, pl = conv_out_size(iw, kw, stride[1], dil[1], padding)
+    wshape = (1, kh, kw, oc) if dw else (oc, kh, kw, ic)
+    w = rng.integers(-127, 128, size=wshape, dtype=np.int8)
+    bias = rng.integers(-5000, 5000, size=oc, dtype=np.int32)
+    tensors = [
+        Tensor("x", (1, ih, iw, ic), "int8", q(0.02, in_zp)),
+        Tensor("w", wshape, "int8", q(0.01), w),
+        Tensor("b", (oc,), "int32", q(0.0002), bias),
+        Tensor("y", (1, oh, ow, oc), "int8", q(0.1, -3)),
+    ]
+    kind = "DEPTHWISE_CONV_2D" if dw else "CONV_2D"
+    op = Op(kind, [0, 1, 2], [3], {}, name=f"{kind.lower()} layer")
+    g = Graph("conv_case", tensors, [op], [0], [3])
+    mult, shift = rand_rq(rng, oc)
+    p = P.ConvParams(-in_zp, -3, mult, shift, -100, 90, stride, dil, (pt, pl), m)
+    table.by_op[id(op)] = p
+    host = HostModel(g, cache_dir=tmp_path)
+    for k, x in enumerate(extremes((1, ih, iw, ic), rng)):
+        want = conv_ref(x, w, bias, p, (oh, ow), dw)
+        got = host.run([x])[0]
+        assert np.array_equal(got, want), f"{np.count_nonzero(got != want)} of {want.size} differ"
+        if k == 0:
+            assert len(np.unique(want)) > 3  # a random input: the case is not trivially saturated
+
+
+def test_fully_connected_batches_and_no_bias(table, tmp_path):
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, size=(9, 13), dtype=np.int8)
+    tensors = [
+        Tensor("x", (3, 13), "int8", q(0.02, 7)),
+        Tensor("w", (9, 13), "int8", q(0.01), w),
+        Tensor("y", (3, 9), "int8", q(0.1, 4)),
+    ]
+    op = Op("FULLY_CONNECTED", [0, 1, -1], [2], {}, name="fc")
+    g = Graph("fc", tensors, [op], [0], [2])
+    mult, shift = rand_rq(rng, 9)
+    p = P.FcParams(-7, 4, mult, shift, -128, 127)
+    table.by_op[id(op)] = p
+    host = HostModel(g, cache_dir=tmp_path)
+    for x in extremes((3, 13), rng):
+        acc = (x.astype(I32) + p.input_offset) @ w.T.astype(I32)
+        want = np.clip(mbqm(acc, mult, shift) + 4, -128, 127).astype(np.int8)
+        assert np.array_equal(host.run([x])[0], want)
+
+
+# --- ADD, pools, MEAN, PAD, requantization ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape2", [(1, 5, 6, 7), (1, 1, 1, 7), (1, 5, 1, 7)])
+def test_add_general_rescaling_and_broadcast(shape2, table, tmp_path):
+    rng = np.random.default_rng(2)
+    tensors = [
+        Tensor("a", (1, 5, 6, 7), "int8", q(0.05, 3)),
+        Tensor("b", shape2, "int8", q(0.03, -9)),
+        Tensor("y", (1, 5, 6, 7), "int8", q(0.07, 1)),
+    ]
+    op = Op("ADD", [0, 1], [2], {}, name="add")
+    g = Graph("add", tensors, [op], [0, 1], [2])
+    p = P.AddParams(-3, 9, 1, 20, 1518500250, -1, 1908874354, -2, 1431655765, -19, -120, 100)
+    table.by_op[id(op)] = p
+    host = HostModel(g, cache_dir=tmp_path)
+    a = rng.integers(-128, 128, size=(1, 5, 6, 7), dtype=np.int8)
+    b = rng.integers(-128, 128, size=shape2, dtype=np.int8)
+    sa = mbqm((a.astype(I32) + p.input1_offset) << p.left_shift, p.input1_multiplier, p.input1_shift)
+    sb = mbqm((b.astype(I32) + p.input2_offset) << p.left_shift, p.input2_multiplier, p.input2_shift)
+    want = np.clip(mbqm(sa + sb, p.output_multiplier, p.output_shift) + 1, -120, 100).astype(np.int8)
+    assert np.array_equal(host.run([a, b])[0], want)
+
+
+def pool_ref(x, p: P.PoolParams, out_hw, avg: bool):
+    _, ih, iw, c = x.shape
+    out = np.zeros((out_hw[0], out_hw[1], c), I32)
+    for oy in range(out_hw[0]):
+        for ox in range(out_hw[1]):
+            y0, x0 = oy * p.stride[0] - p.pad[0], ox * p.stride[1] - p.pad[1]
+            win = x[0, max(y0, 0) : min(y0 + p.filter[0], ih), max(x0, 0) : min(x0 + p.filter[1], iw)]
+            win = win.reshape(-1, c).astype(I32)
+            if avg:
+                s, n = win.sum(0), win.shape[0]
+                out[oy, ox] = np.where(s > 0, (s + n // 2) // n, -((-s + n // 2) // n))
+            else:
+                out[oy, ox] = win.max(0)
+    return np.clip(out, p.act_min, p.act_max).astype(np.int8)[None]
+
+
+@pytest.mark.parametrize("kind", ["AVERAGE_POOL_2D", "MAX_POOL_2D"])
+@pytest.mark.parametrize(
+    "geom", [((3, 3), (2, 2), "SAME"), ((2, 3), (1, 2), "VALID"), ((6, 5), (1, 1), "VALID")]
+)
+def test_pools(kind, geom, table, tmp_path):
+    (fh, fw), (sh, sw), padding = geom
+    ih, iw, c = 6, 5, 4
+    oh, pt = conv_out_size(ih, fh, sh, 1, padding)
+    ow, pl = conv_out_size(iw, fw, sw, 1, padding)
+    tensors = [Tensor("x", (1, ih, iw, c), "int8", q()), Tensor("y", (1, oh, ow, c), "int8", q())]
+    op = Op(kind, [0], [1], {}, name="pool")
+    g = Graph("pool", tensors, [op], [0], [1])
+    p = P.PoolParams((fh, fw), (sh, sw), (pt, pl), -100, 120)
+    table.by_op[id(op)] = p
+    host = HostModel(g, cache_dir=tmp_path)
+    rng = np.random.default_rng(3)
+    for x in extremes((1, ih, iw, c), rng):
+        assert np.array_equal(host.run([x])[0], pool_ref(x, p, (oh, ow), kind == "AVERAGE_POOL_2D"))
+
+
+def test_mean_pad_quantize_concat(table, tmp_path):
+    """A chain of the data-movement ops: PAD -> MEAN, and CONCAT of a requantized and a copied input."""
+    rng = np.random.default_rng(4)
+    t = [
+        Tensor("x", (1, 3, 4, 5), "int8", q(0.1, 2)),  # 0
+        Tensor("padded", (1, 4, 7, 5), "int8", q(0.1, 2)),  # 1
+        Tensor("mean", (1, 1, 1, 5), "int8", q(0.05, -4)),  # 2
+        Tensor("z", (1, 3, 4, 2), "int8", q(0.2, 0)),  # 3
+        Tensor("zq", (1, 3, 4, 2), "int8", q(0.1, 2)),  # 4
+        Tensor("cat", (1, 3, 4, 9), "int8", q(0.1, 2)),  # 5
+    ]
+    ops = [
+        Op("PAD", [0], [1], {"paddings": ((0, 0), (1, 0), (2, 1), (0, 0))}, name="pad"),
+        Op("MEAN", [1], [2], {"axes": (1, 2), "keep_dims": True}, name="mean"),
+        Op("QUANTIZE", [3], [4], {}, name="requant"),
+        Op("CONCATENATION", [0, 4, 3], [5], {"axis": 3}, name="cat"),
+    ]
+    g = Graph("mixed", t, ops, [0, 3], [2, 5])
+    rq = P.RequantParams(0, 2, 1073741824, 2, False)  # x * 2 (0.2 -> 0.1), + 2
+    copy = P.RequantParams(0, 0, 0, 0, True)
+    table.by_op[id(ops[0])] = P.PadParams(((0, 0), (1, 0), (2, 1), (0, 0)), 2)
+    table.by_op[id(ops[1])] = P.MeanParams(-2, -4, 1073741824, 2, 28)
+    table.by_op[id(ops[2])] = rq
+    table.by_op[id(ops[3])] = P.ConcatParams(3, [copy, copy, rq])
+    host = HostModel(g, cache_dir=tmp_path)
+    x = rng.integers(-128, 128, size=(1, 3, 4, 5), dtype=np.int8)
+    z = rng.integers(-128, 128, size=(1, 3, 4, 2), dtype=np.int8)
+    mean_out, cat_out = host.run([x, z])
+    padded = np.full((1, 4, 7, 5), 2, I32)
+    padded[:, 1:, 2:6] = x
+    acc = mbqm((padded - 2).reshape(-1, 5).sum(0), 1073741824, 2)
+    want_mean = np.where(acc > 0, (acc + 14) // 28, -((-acc + 14) // 28)) - 4
+    assert np.array_equal(mean_out.reshape(-1), np.clip(want_mean, -128, 127))
+    zq = np.clip(mbqm(z.astype(I32), 1073741824, 2) + 2, -128, 127)
+    assert np.array_equal(cat_out, np.concatenate([x, zq, zq], axis=3).astype(np.int8))
