@@ -5,10 +5,12 @@ A tensor occupies its buffer from the op that writes it to the last op that read
 live from before the first op, graph outputs until after the last. RESHAPE moves no data: its output
 shares its input's buffer (the group's lifetime is the union of its members').
 
-Offsets come from a greedy placement: buffers in some order, each put into the smallest gap between
-already-placed buffers whose lifetimes overlap its own (best fit), else above them all. A few orders
-are tried and the smallest arena kept. Offsets and sizes are rounded up to `alignment` bytes, so for a
-chain of layers the arena is the largest align(input) + align(output) pair.
+Offsets come from greedy placements: buffers in some order, each put into the smallest gap between
+already-placed buffers whose lifetimes overlap its own (best fit), else above them all; and a
+two-ended placement that alternates layer outputs between the bottom and the top of the arena. The
+smallest arena wins; none can be below the aligned bytes live at the busiest moment.
+Offsets and sizes are rounded up to `alignment` bytes, so for a chain
+of layers the arena is the largest align(input) + align(output) pair.
 """
 
 from __future__ import annotations
@@ -136,9 +138,53 @@ def _place(buffers: list[Buffer], order: list[int], alignment: int) -> int:
     return top
 
 
+def _gaps(busy: list[Buffer], alignment: int) -> list[tuple[int, int]]:
+    """Free [start, end) ranges between the given placed buffers (the last one is unbounded)."""
+    gaps, end = [], 0
+    for p in sorted(busy, key=lambda p: p.offset):
+        if p.offset > end:
+            gaps.append((end, p.offset))
+        end = max(end, p.offset + align(p.size, alignment))
+    gaps.append((end, 1 << 62))
+    return gaps
+
+
+def _place_two_ended(buffers: list[Buffer], target: int, alignment: int) -> int:
+    """Buffers in execution order, each put against the end of the arena [0, target) away from the
+    newest live buffer (usually the layer's input): a layer's input at the bottom puts its output at
+    the top and the next at the bottom again, which for a chain reaches the max-live bound exactly."""
+    placed: list[Buffer] = []
+    top = 0
+    for b in sorted(buffers, key=lambda b: (b.first, -b.size)):
+        need = align(b.size, alignment)
+        busy = [p for p in placed if p.overlaps_in_time(b)]
+        gaps = _gaps(busy, alignment)
+        bottom = next((g0 for g0, g1 in gaps if g1 - g0 >= need), None)
+        high = None
+        for g0, g1 in reversed(gaps):
+            off = (min(g1, target) - need) // alignment * alignment
+            if off >= g0:
+                high = off
+                break
+        newest = max(busy, key=lambda p: (p.first, p.offset), default=None)
+        want_top = newest is not None and 2 * newest.offset + newest.size < target
+        if want_top and high is not None:
+            b.offset = high
+        elif bottom is not None and bottom + need <= target:
+            b.offset = bottom
+        elif high is not None:
+            b.offset = high
+        else:
+            b.offset = gaps[-1][0] if bottom is None else bottom
+        top = max(top, b.offset + need)
+        placed.append(b)
+    return top
+
+
 def plan_memory(graph: Graph, alignment: int = ALIGNMENT) -> MemoryPlan:
     """Place every activation buffer of `graph` (an int8 interior) in one arena; see the module doc."""
     buffers = buffers_of(graph)
+    n_ops = len(graph.ops)
     idx = list(range(len(buffers)))
     orders = [
         sorted(idx, key=lambda i: (-buffers[i].size, buffers[i].first)),
@@ -149,10 +195,21 @@ def plan_memory(graph: Graph, alignment: int = ALIGNMENT) -> MemoryPlan:
         sorted(idx, key=lambda i: (buffers[i].first, -buffers[i].size)),
     ]
     best_top, best_offsets = None, None
-    for order in orders:
-        top = _place(buffers, order, alignment)
+    lower = max(
+        (
+            sum(align(b.size, alignment) for b in buffers if b.first <= k <= b.last)
+            for k in range(-1, n_ops + 1)
+        ),
+        default=0,
+    )
+    attempts = [lambda o=o: _place(buffers, o, alignment) for o in orders]
+    attempts.append(lambda: _place_two_ended(buffers, lower, alignment))
+    for attempt in attempts:
+        top = attempt()
         if best_top is None or top < best_top:
             best_top, best_offsets = top, [b.offset for b in buffers]
+        if best_top == lower:
+            break  # cannot do better than the bytes live at the busiest moment
     for b, off in zip(buffers, best_offsets or [], strict=True):
         b.offset = off
     plan = MemoryPlan(align(best_top or 0, alignment), alignment, buffers)
