@@ -271,3 +271,37 @@ def test_mean_pad_quantize_concat(table, tmp_path):
     assert np.array_equal(mean_out.reshape(-1), np.clip(want_mean, -128, 127))
     zq = np.clip(mbqm(z.astype(I32), 1073741824, 2) + 2, -128, 127)
     assert np.array_equal(cat_out, np.concatenate([x, zq, zq], axis=3).astype(np.int8))
+
+
+# --- SOFTMAX (bit-exactness is proven on whole models against the interpreter; here: sanity) -----------
+
+
+def softmax_params(beta: float, input_scale: float) -> P.SoftmaxParams:
+    real = min(beta * input_scale * (1 << 26), 2.0**31 - 1)
+    mant, exp = np.frexp(real)
+    mult = int(round(mant * (1 << 31)))
+    if mult == 1 << 31:
+        mult //= 2
+        exp += 1
+    radius = int(np.floor(31 * (1 << 26) / (1 << exp)))
+    return P.SoftmaxParams(mult, int(exp), -radius)
+
+
+@pytest.mark.parametrize("scale", [0.0078125, 0.1, 0.5])
+def test_softmax_is_within_one_step_of_the_real_softmax(scale, table, tmp_path):
+    tensors = [Tensor("x", (3, 10), "int8", q(scale, 5)), Tensor("y", (3, 10), "int8", q(1 / 256, -128))]
+    op = Op("SOFTMAX", [0], [1], {"beta": 1.0}, name="softmax")
+    g = Graph("softmax", tensors, [op], [0], [1])
+    table.by_op[id(op)] = softmax_params(1.0, scale)
+    host = HostModel(g, cache_dir=tmp_path)
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, size=(3, 10), dtype=np.int8)
+    x[1] = 7  # a flat row
+    x[2, :] = -128
+    x[2, 3] = 127  # one dominant value
+    got = host.run([x])[0].astype(np.int64)
+    xi = x.astype(np.int64)
+    real = np.exp(scale * (xi - xi.max(1, keepdims=True)))
+    real /= real.sum(1, keepdims=True)
+    want = np.clip(np.round(real * 256) - 128, -128, 127)
+    assert np.abs(got - want).max() <= 1
