@@ -1,0 +1,157 @@
+"""The kernels' DSP path (SMLAD/SXTB16, Cortex-M4) and their portable path (Cortex-M3) give exactly the
+host's results, run bare-metal on QEMU. A standalone program: vector table, the generated model, the
+input embedded as a constant, the output printed in hex over semihosting."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import require_tools
+
+from harness.codegen import generate
+from harness.model import params as P
+from harness.model.ir import Graph, Op, Quant, Tensor, conv_out_size
+from harness.targets.host import HostModel
+
+pytestmark = pytest.mark.qemu
+
+MAIN_C = r"""
+#include <stdint.h>
+#include "model.h"
+#include "input.h"
+
+extern uint32_t __stack_top__;
+static int8_t arena[MODEL_ARENA_BYTES + 16] __attribute__((aligned(16)));
+
+static int semihost(int op, const void *arg)
+{
+    register int r0 __asm__("r0") = op;
+    register const void *r1 __asm__("r1") = arg;
+    __asm__ volatile("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
+    return r0;
+}
+
+void reset_handler(void)
+{
+    static char line[2 * 64 + 2];
+    static const char hex[] = "0123456789abcdef";
+    for (uint32_t i = 0; i < sizeof(model_input); i++) {
+        arena[model_inputs[0].offset + i] = model_input[i];
+    }
+    model_run(arena);
+    const int8_t *y = arena + model_outputs[0].offset;
+    uint32_t n = model_outputs[0].bytes, k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        line[k++] = hex[((uint8_t)y[i]) >> 4];
+        line[k++] = hex[((uint8_t)y[i]) & 15];
+        if (k == 2 * 64 || i + 1 == n) {
+            line[k++] = '\n';
+            line[k] = 0;
+            semihost(0x04, line); /* SYS_WRITE0 */
+            k = 0;
+        }
+    }
+    semihost(0x18, (const void *)0x20026); /* SYS_EXIT, ADP_Stopped_ApplicationExit */
+    for (;;) {
+    }
+}
+
+__attribute__((section(".vectors"), used)) const void *const vectors[2] = {&__stack_top__, reset_handler};
+"""
+
+LINKER = """
+MEMORY { FLASH (rx) : ORIGIN = 0x00000000, LENGTH = 4M
+         RAM (rwx) : ORIGIN = 0x20000000, LENGTH = 4M }
+SECTIONS {
+  .text : { KEEP(*(.vectors)) *(.text*) *(.rodata*) } > FLASH
+  .bss (NOLOAD) : { *(.bss*) *(COMMON) } > RAM
+  __stack_top__ = ORIGIN(RAM) + LENGTH(RAM);
+}
+"""
+
+
+def q(scale=0.05, zp=0):
+    return Quant(np.array([scale], np.float32), np.array([zp]))
+
+
+def mixed_graph(rng):
+    """conv 3x3 (7 input channels: odd dot lengths) -> depthwise 3x3 -> pointwise 1x1 -> FC."""
+    shapes = []
+    t = [Tensor("in", (1, 9, 9, 7), "int8", q(0.05, -7))]
+    ops, params = [], []
+
+    def add_conv(kind, ic, oc, k, stride):
+        x = len(t) - 1
+        h = t[x].shape[1]
+        oh, pad = conv_out_size(h, k, stride, 1, "SAME")
+        wshape = (1, k, k, oc) if kind == "DEPTHWISE_CONV_2D" else (oc, k, k, ic)
+        t.append(Tensor(f"w{x}", wshape, "int8", q(0.01), rng.integers(-128, 128, wshape, dtype=np.int8)))
+        t.append(Tensor(f"b{x}", (oc,), "int32", q(0.0005), rng.integers(-3000, 3000, oc, dtype=np.int32)))
+        t.append(Tensor(f"y{x}", (1, oh, oh, oc), "int8", q(0.05, 3)))
+        ops.append(Op(kind, [x, x + 1, x + 2], [x + 3], {}, name=f"{kind.lower()}{x}"))
+        mult = rng.integers(2**30, 2**31 - 1, size=oc)
+        shift = rng.integers(-12, -8, size=oc)
+        params.append(
+            P.ConvParams(7 if x == 0 else -3, 3, mult, shift, -128, 127, (stride, stride), (1, 1), (pad, pad))
+        )
+        shapes.append(oh)
+
+    add_conv("CONV_2D", 7, 12, 3, 2)
+    add_conv("DEPTHWISE_CONV_2D", 12, 12, 3, 1)
+    add_conv("CONV_2D", 12, 21, 1, 1)
+    x = len(t) - 1
+    n_in = t[x].size
+    t.append(Tensor("fw", (10, n_in), "int8", q(0.01), rng.integers(-128, 128, (10, n_in), dtype=np.int8)))
+    t.append(Tensor("out", (1, 10), "int8", q(0.1, 0)))
+    ops.append(Op("FULLY_CONNECTED", [x, x + 1, -1], [x + 2], {}, name="fc"))
+    params.append(P.FcParams(-3, 0, rng.integers(2**30, 2**31 - 1, size=10), np.full(10, -9), -128, 127))
+    g = Graph("qemu_mixed", t, ops, [0], [len(t) - 1])
+    return g, dict(zip((id(o) for o in ops), params, strict=True))
+
+
+@pytest.mark.parametrize("cpu,machine", [("cortex-m4", "mps2-an386"), ("cortex-m3", "mps2-an385")])
+def test_arm_build_matches_host(cpu, machine, monkeypatch, tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    rng = np.random.default_rng(7)
+    g, table = mixed_graph(rng)
+    monkeypatch.setattr(P, "derive", lambda graph, op: table[id(op)])
+    cg = generate(g, tmp_path / "gen", dsp=cpu == "cortex-m4")
+    x = rng.integers(-128, 128, size=(1, 9, 9, 7), dtype=np.int8)
+    want = HostModel(cg, cache_dir=tmp_path / "host").run([x])[0]
+    assert len(np.unique(want)) > 3
+    (tmp_path / "main.c").write_text(MAIN_C)
+    (tmp_path / "input.h").write_text(
+        "static const int8_t model_input[] = {" + ", ".join(str(v) for v in x.reshape(-1)) + "};\n"
+    )
+    (tmp_path / "link.ld").write_text(LINKER)
+    elf = tmp_path / "prog.elf"
+    cmd = [
+        "arm-none-eabi-gcc",
+        f"-mcpu={cpu}",
+        "-mthumb",
+        "-O2",
+        "-std=c99",
+        "-Wall",
+        "-Werror",
+        "-ffreestanding",
+    ]
+    cmd += ["-nostartfiles", "--specs=nano.specs", f"-T{tmp_path / 'link.ld'}", f"-I{tmp_path}"]
+    cmd += [f"-I{d}" for d in cg.include_dirs] + ["-o", str(elf), str(tmp_path / "main.c")]
+    cmd += [str(p) for p in cg.files if p.suffix == ".c"] + [str(p) for p in cg.kernel_sources]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    if cpu == "cortex-m4":
+        dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True).stdout
+        assert "smlad" in dis  # the DSP path is really the one under test
+    run = subprocess.run(
+        ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "none"]
+        + ["-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Without a chardev, QEMU writes the semihosting console to stderr; keep only our hex lines.
+    text = "".join(ln for ln in (run.stdout + run.stderr).splitlines() if set(ln) <= set("0123456789abcdef"))
+    got = np.frombuffer(bytes.fromhex(text), dtype=np.int8).reshape(want.shape)
+    assert np.array_equal(got, want)
