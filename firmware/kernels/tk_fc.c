@@ -1,4 +1,5 @@
-/* FULLY_CONNECTED, int8 (per-tensor or per-channel multipliers, bias pre-folded). */
+/* FULLY_CONNECTED, int8 (per-tensor or per-channel multipliers, bias pre-folded). Requantizes with a
+ * single rounding, as TFLite's reference kernel does (see tk_mbqm_single). */
 #include "tk_kernels.h"
 
 #include "tk_dot.h"
@@ -6,7 +7,7 @@
 
 static inline int8_t tk_fc_out(const tk_requant_ch_t *rq, int32_t acc, int32_t ch)
 {
-    acc = tk_mbqm(acc, rq->mult[ch], rq->shift[ch]) + rq->output_offset;
+    acc = tk_mbqm_single(acc, rq->mult[ch], rq->shift[ch]) + rq->output_offset;
     return (int8_t)tk_clamp(acc, rq->act_min, rq->act_max);
 }
 
