@@ -3,6 +3,7 @@
 
 #include "tk_dot.h"
 #include "tk_fixedpoint.h"
+#include "tk_gemv.h"
 
 static inline int8_t tk_out(const tk_requant_ch_t *rq, int32_t acc, int32_t ch)
 {
@@ -10,32 +11,21 @@ static inline int8_t tk_out(const tk_requant_ch_t *rq, int32_t acc, int32_t ch)
     return (int8_t)tk_clamp(acc, rq->act_min, rq->act_max);
 }
 
-/* 1x1, no padding, no dilation: each output pixel is a matrix-vector product over the channels. */
+/* Pointwise (1x1, no padding): each output pixel is a matrix-vector product over the channels. */
 static void tk_conv_pointwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t ic = p->in_c, oc_n = p->out_c;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
-        for (int32_t ox = 0; ox < p->out_w; ox++) {
-            const int8_t *x = in + ((oy * p->stride_h) * p->in_w + ox * p->stride_w) * ic;
-            const int8_t *w = p->weights;
-            int32_t oc = 0;
-            for (; oc + 2 <= oc_n; oc += 2, w += 2 * ic) {
-                int32_t a0 = p->bias[oc], a1 = p->bias[oc + 1];
-                tk_dot2(x, w, w + ic, ic, &a0, &a1);
-                out[oc] = tk_out(&p->rq, a0, oc);
-                out[oc + 1] = tk_out(&p->rq, a1, oc + 1);
-            }
-            for (; oc < oc_n; oc++, w += ic) {
-                out[oc] = tk_out(&p->rq, p->bias[oc] + tk_dot(x, w, ic), oc);
-            }
-            out += oc_n;
+        const int8_t *x = in + (oy * p->stride_h) * p->in_w * ic;
+        for (int32_t ox = 0; ox < p->out_w; ox++, x += p->stride_w * ic, out += oc_n) {
+            tk_gemv(x, p->weights, ic, oc_n, p->bias, &p->rq, out, 0);
         }
     }
 }
 
 void tk_conv2d(const tk_conv_t *p, const int8_t *in, int8_t *out)
 {
-    if (p->k_h == 1 && p->k_w == 1 && p->pad_t == 0 && p->pad_l == 0) {
+    if (p->pointwise) {
         tk_conv_pointwise(p, in, out);
         return;
     }
@@ -65,53 +55,116 @@ void tk_conv2d(const tk_conv_t *p, const int8_t *in, int8_t *out)
     }
 }
 
-/* Depthwise: output channel c*M + m reads input channel c. Weights are [KH][KW][C*M], so one tap's
- * weights for consecutive output channels are contiguous, as are the input channels of one pixel. */
+/* Depthwise, one output channel at a time: its weights, bias and requantization stay in registers (or
+ * one stack slot each) across the whole plane, instead of being reloaded for every pixel. Output channel
+ * oc = c * M + m reads input channel c. Weights are [KH][KW][C*M]. */
+static inline int8_t tk_dw_out(int32_t acc, int32_t mult, int32_t shift, int32_t off, int32_t lo, int32_t hi)
+{
+    return (int8_t)tk_clamp(tk_mbqm(acc, mult, shift) + off, lo, hi);
+}
+
+/* One output pixel with bounds checks (borders, and any kernel size / dilation). */
+static int32_t tk_dw_pixel(const tk_conv_t *p, const int8_t *x, const int8_t *w, int32_t iy0, int32_t ix0)
+{
+    const int32_t ic = p->in_c, oc_n = p->out_c;
+    int32_t acc = 0;
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        const int32_t iy = iy0 + ky * p->dil_h;
+        const int row_in = iy >= 0 && iy < p->in_h;
+        for (int32_t kx = 0; kx < p->k_w; kx++) {
+            const int32_t ix = ix0 + kx * p->dil_w;
+            const int32_t wv = w[(ky * p->k_w + kx) * oc_n];
+            if (row_in && ix >= 0 && ix < p->in_w) {
+                acc += x[(iy * p->in_w + ix) * ic] * wv;
+            } else {
+                acc += p->input_zp * wv;
+            }
+        }
+    }
+    return acc;
+}
+
+/* 3x3 (dilation 1) border pixel: out-of-bounds taps count as the input zero point (their offset-corrected
+ * value is 0, as TFLite skips them; the folded bias expects the raw value). */
+static inline int32_t tk_dw3_border(const int8_t *x, const int32_t *wk, int32_t iy0, int32_t ix0, int32_t h,
+                                    int32_t wd, int32_t ic, int32_t zp)
+{
+    int32_t acc = 0;
+    for (int32_t ky = 0; ky < 3; ky++, wk += 3) {
+        const int32_t iy = iy0 + ky;
+        if (iy < 0 || iy >= h) {
+            acc += zp * (wk[0] + wk[1] + wk[2]);
+            continue;
+        }
+        const int8_t *r = x + (iy * wd) * ic;
+        for (int32_t kx = 0; kx < 3; kx++) {
+            const int32_t ix = ix0 + kx;
+            acc += (ix < 0 || ix >= wd ? zp : r[ix * ic]) * wk[kx];
+        }
+    }
+    return acc;
+}
+
 void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
 {
     const int32_t ic = p->in_c, oc_n = p->out_c, m = p->depth_mult;
-    for (int32_t oy = 0; oy < p->out_h; oy++) {
-        const int32_t iy0 = oy * p->stride_h - p->pad_t;
-        for (int32_t ox = 0; ox < p->out_w; ox++) {
-            const int32_t ix0 = ox * p->stride_w - p->pad_l;
-            const int inside = iy0 >= 0 && ix0 >= 0 && iy0 + (p->k_h - 1) * p->dil_h < p->in_h &&
-                               ix0 + (p->k_w - 1) * p->dil_w < p->in_w;
-            if (inside && m == 1 && p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1) {
-                /* The common 3x3 case, unrolled: nine taps, no bounds checks. */
-                const int32_t row = p->in_w * ic;
-                const int8_t *x = in + (iy0 * p->in_w + ix0) * ic;
-                const int8_t *w = p->weights;
-                for (int32_t c = 0; c < oc_n; c++) {
-                    const int8_t *xc = x + c;
-                    const int8_t *wc = w + c;
-                    int32_t acc = p->bias[c];
-                    acc += xc[0] * wc[0] + xc[ic] * wc[oc_n] + xc[2 * ic] * wc[2 * oc_n];
-                    acc += xc[row] * wc[3 * oc_n] + xc[row + ic] * wc[4 * oc_n] + xc[row + 2 * ic] * wc[5 * oc_n];
-                    acc += xc[2 * row] * wc[6 * oc_n] + xc[2 * row + ic] * wc[7 * oc_n] +
-                           xc[2 * row + 2 * ic] * wc[8 * oc_n];
-                    out[c] = tk_out(&p->rq, acc, c);
+    const int32_t row = p->in_w * ic;
+    const int32_t sw = p->stride_w, pl = p->pad_l;
+    if (!(p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1)) {
+        for (int32_t oc = 0; oc < oc_n; oc++) {
+            const int8_t *x = in + oc / m;
+            const int8_t *w = p->weights + oc;
+            int8_t *y = out + oc;
+            for (int32_t oy = 0; oy < p->out_h; oy++) {
+                for (int32_t ox = 0; ox < p->out_w; ox++, y += oc_n) {
+                    const int32_t acc = tk_dw_pixel(p, x, w, oy * p->stride_h - p->pad_t, ox * sw - pl);
+                    *y = tk_dw_out(acc + p->bias[oc], p->rq.mult[oc], p->rq.shift[oc], p->rq.output_offset,
+                                   p->rq.act_min, p->rq.act_max);
                 }
-                out += oc_n;
-                continue;
             }
-            for (int32_t oc = 0; oc < oc_n; oc++) {
-                const int32_t c = oc / m;
-                int32_t acc = p->bias[oc];
-                for (int32_t ky = 0; ky < p->k_h; ky++) {
-                    const int32_t iy = iy0 + ky * p->dil_h;
-                    for (int32_t kx = 0; kx < p->k_w; kx++) {
-                        const int32_t ix = ix0 + kx * p->dil_w;
-                        const int32_t wv = p->weights[(ky * p->k_w + kx) * oc_n + oc];
-                        if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
-                            acc += p->input_zp * wv;
-                        } else {
-                            acc += in[(iy * p->in_w + ix) * ic + c] * wv;
-                        }
-                    }
+        }
+        return;
+    }
+    /* Output columns whose three input columns are all in bounds: [ox_lo, ox_hi). */
+    const int32_t ox_lo = (pl + sw - 1) / sw;
+    int32_t ox_hi = (p->in_w - 3 + pl) / sw + 1;
+    ox_hi = ox_hi > p->out_w ? p->out_w : (ox_hi < ox_lo ? ox_lo : ox_hi);
+    for (int32_t oc = 0; oc < oc_n; oc++) {
+        const int8_t *x = in + oc / m;
+        int8_t *y = out + oc;
+        int32_t wk[9];
+        for (int32_t t = 0; t < 9; t++) {
+            wk[t] = p->weights[t * oc_n + oc];
+        }
+        const int32_t bias = p->bias[oc];
+        const int32_t mult = p->rq.mult[oc], shift = p->rq.shift[oc];
+        const int32_t off = p->rq.output_offset, lo = p->rq.act_min, hi = p->rq.act_max;
+        for (int32_t oy = 0; oy < p->out_h; oy++) {
+            const int32_t iy0 = oy * p->stride_h - p->pad_t;
+            const int rows_in = iy0 >= 0 && iy0 + 2 < p->in_h;
+            int32_t ox = 0;
+            for (; ox < (rows_in ? ox_lo : p->out_w); ox++, y += oc_n) {
+                const int32_t acc = tk_dw3_border(x, wk, iy0, ox * sw - pl, p->in_h, p->in_w, ic, p->input_zp);
+                *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi);
+            }
+            if (rows_in) {
+                const int8_t *r = x + iy0 * row + (ox * sw - pl) * ic;
+                const int32_t step = sw * ic;
+                const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3], w4 = wk[4];
+                const int32_t w5 = wk[5], w6 = wk[6], w7 = wk[7], w8 = wk[8];
+                for (; ox < ox_hi; ox++, y += oc_n, r += step) {
+                    const int8_t *r1 = r + row, *r2 = r + 2 * row;
+                    int32_t acc = bias + r[0] * w0 + r[ic] * w1 + r[2 * ic] * w2;
+                    acc += r1[0] * w3 + r1[ic] * w4 + r1[2 * ic] * w5;
+                    acc += r2[0] * w6 + r2[ic] * w7 + r2[2 * ic] * w8;
+                    *y = tk_dw_out(acc, mult, shift, off, lo, hi);
                 }
-                out[oc] = tk_out(&p->rq, acc, oc);
+                for (; ox < p->out_w; ox++, y += oc_n) {
+                    const int32_t acc =
+                        tk_dw3_border(x, wk, iy0, ox * sw - pl, p->in_h, p->in_w, ic, p->input_zp);
+                    *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi);
+                }
             }
-            out += oc_n;
         }
     }
 }

@@ -26,6 +26,7 @@ typedef struct {
     int32_t dil_h, dil_w;
     int32_t pad_t, pad_l;
     int32_t depth_mult;   /* depthwise only */
+    int32_t pointwise;    /* conv only: 1x1 without padding, weights 4-interleaved (see tk_dot4x4) */
     int32_t input_zp;     /* value of a padding tap: -input_offset */
     const int8_t *weights;
     const int32_t *bias;
@@ -37,7 +38,7 @@ void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out);
 
 typedef struct {
     int32_t batches, in_features, out_features;
-    const int8_t *weights;  /* [out_features][in_features] */
+    const int8_t *weights;  /* [out_features][in_features], 4-interleaved (see tk_dot4x4) */
     const int32_t *bias;    /* folded as for conv */
     tk_requant_ch_t rq;
 } tk_fc_t;

@@ -146,6 +146,18 @@ def _fold_bias(graph: Graph, op: Op, sum_axes: tuple[int, ...], input_offset: in
     return folded
 
 
+def pack4(w: np.ndarray) -> np.ndarray:
+    """[O, K] weights in the kernels' 4-interleaved layout (tk_dot4x4): per group of 4 output channels,
+    4 bytes of each channel in turn for every 4 inputs, then each channel's K % 4 tail; the O % 4 last
+    channels as plain rows. One pass over the input then feeds four accumulators."""
+    o, k = w.shape
+    g, (q, r) = o // 4, divmod(k, 4)
+    head = w[: 4 * g].reshape(g, 4, k)
+    blocks = head[:, :, : 4 * q].reshape(g, 4, q, 4).transpose(0, 2, 1, 3).reshape(g, 16 * q)
+    tails = head[:, :, 4 * q :].reshape(g, 4 * r)
+    return np.concatenate([np.concatenate([blocks, tails], axis=1).reshape(-1), w[4 * g :].reshape(-1)])
+
+
 def _rq_fields(ident: str, p, n: int) -> tuple[list[str], str]:
     mult = np.broadcast_to(np.asarray(p.multipliers, dtype=np.int64).reshape(-1), (n,))
     shift = np.broadcast_to(np.asarray(p.shifts, dtype=np.int64).reshape(-1), (n,))
@@ -168,6 +180,10 @@ def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
     kh, kw = w.shape[1], w.shape[2]
     folded = _fold_bias(graph, op, (0, 1, 2) if dw else (1, 2, 3), p.input_offset, oc)
     weights = w.data.astype(np.int8)
+    # Must match tk_conv2d's dispatch: 1x1 without padding runs as a matrix-vector product per pixel.
+    pointwise = not dw and kh == 1 and kw == 1 and tuple(p.pad) == (0, 0)
+    if pointwise:
+        weights = pack4(weights.reshape(oc, ic))
     decls = [c_array("int8_t", f"{ident}_w", weights), c_array("int32_t", f"{ident}_bias", folded)]
     rq_decls, rq = _rq_fields(ident, p, oc)
     decls += rq_decls
@@ -177,7 +193,7 @@ def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         f"    .in_h = {ih}, .in_w = {iw}, .in_c = {ic}, .out_h = {oh}, .out_w = {ow}, .out_c = {oc},\n"
         f"    .k_h = {kh}, .k_w = {kw}, .stride_h = {p.stride[0]}, .stride_w = {p.stride[1]},\n"
         f"    .dil_h = {p.dilation[0]}, .dil_w = {p.dilation[1]}, .pad_t = {p.pad[0]}, .pad_l = {p.pad[1]},\n"
-        f"    .depth_mult = {m}, .input_zp = {c_int(-p.input_offset)},\n"
+        f"    .depth_mult = {m}, .pointwise = {int(pointwise)}, .input_zp = {c_int(-p.input_offset)},\n"
         f"    .weights = {ident}_w, .bias = {ident}_bias,\n"
         f"    {rq}\n}};\n"
     )
@@ -197,7 +213,7 @@ def _fc(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         )
     folded = _fold_bias(graph, op, (1,), p.input_offset, n_out)
     decls = [
-        c_array("int8_t", f"{ident}_w", w.data.astype(np.int8)),
+        c_array("int8_t", f"{ident}_w", pack4(w.data.astype(np.int8))),
         c_array("int32_t", f"{ident}_bias", folded),
     ]
     rq_decls, rq = _rq_fields(ident, p, n_out)

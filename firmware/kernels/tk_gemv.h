@@ -1,0 +1,34 @@
+/* Matrix-vector product with per-channel requantization: the core of pointwise convolutions (one call
+ * per pixel) and fully connected layers (one per batch row). Weights in the 4-interleaved layout of
+ * tk_dot4x4 for whole groups of 4 output channels, then plain rows for the oc_n % 4 last ones. */
+#ifndef TK_GEMV_H
+#define TK_GEMV_H
+
+#include "tk_dot.h"
+#include "tk_fixedpoint.h"
+#include "tk_kernels.h"
+
+static inline int8_t tk_requant_one(const tk_requant_ch_t *rq, int32_t acc, int32_t ch, int single_rounding)
+{
+    acc = single_rounding ? tk_mbqm_single(acc, rq->mult[ch], rq->shift[ch]) : tk_mbqm(acc, rq->mult[ch], rq->shift[ch]);
+    return (int8_t)tk_clamp(acc + rq->output_offset, rq->act_min, rq->act_max);
+}
+
+static inline void tk_gemv(const int8_t *x, const int8_t *w, int32_t n, int32_t oc_n, const int32_t *bias,
+                           const tk_requant_ch_t *rq, int8_t *out, int single_rounding)
+{
+    int32_t oc = 0;
+    for (; oc + 4 <= oc_n; oc += 4, w += 4 * n) {
+        int32_t acc[4] = {bias[oc], bias[oc + 1], bias[oc + 2], bias[oc + 3]};
+        tk_dot4x4(x, w, n, acc);
+        out[oc] = tk_requant_one(rq, acc[0], oc, single_rounding);
+        out[oc + 1] = tk_requant_one(rq, acc[1], oc + 1, single_rounding);
+        out[oc + 2] = tk_requant_one(rq, acc[2], oc + 2, single_rounding);
+        out[oc + 3] = tk_requant_one(rq, acc[3], oc + 3, single_rounding);
+    }
+    for (; oc < oc_n; oc++, w += n) {
+        out[oc] = tk_requant_one(rq, bias[oc] + tk_dot(x, w, n), oc, single_rounding);
+    }
+}
+
+#endif
