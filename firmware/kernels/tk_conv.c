@@ -1,4 +1,6 @@
 /* CONV_2D and DEPTHWISE_CONV_2D, int8 per-channel (TFLite reference arithmetic, bias pre-folded). */
+#include <string.h>
+
 #include "tk_kernels.h"
 
 #include "tk_dot.h"
@@ -23,10 +25,71 @@ static void tk_conv_pointwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
     }
 }
 
+/* Dilation-1 convolution over contiguous row segments: for each kernel row the KW*I input bytes of a
+ * pixel's window are adjacent in NHWC, so each output channel group takes KH dot products of KW*I
+ * (tk_dot4x4). Border windows are first copied into a patch padded with the input zero point. */
+static void tk_conv_rows(const tk_conv_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t ic = p->in_c, oc_n = p->out_c, kh = p->k_h, kw = p->k_w;
+    const int32_t seg = kw * ic;
+    const int32_t groups = oc_n / 4;
+    int8_t patch[TK_PATCH_MAX];
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_t;
+        for (int32_t ox = 0; ox < p->out_w; ox++, out += oc_n) {
+            const int32_t ix0 = ox * p->stride_w - p->pad_l;
+            const int8_t *win; /* kernel row ky starts at win + ky * rstride */
+            int32_t rstride;
+            if (iy0 >= 0 && ix0 >= 0 && iy0 + kh <= p->in_h && ix0 + kw <= p->in_w) {
+                win = in + (iy0 * p->in_w + ix0) * ic;
+                rstride = p->in_w * ic;
+            } else {
+                memset(patch, (int)(int8_t)p->input_zp, (size_t)(kh * seg));
+                for (int32_t ky = 0; ky < kh; ky++) {
+                    const int32_t iy = iy0 + ky;
+                    if (iy < 0 || iy >= p->in_h) {
+                        continue;
+                    }
+                    const int32_t kx0 = ix0 < 0 ? -ix0 : 0;
+                    const int32_t kx1 = ix0 + kw > p->in_w ? p->in_w - ix0 : kw;
+                    if (kx1 > kx0) {
+                        memcpy(patch + ky * seg + kx0 * ic, in + (iy * p->in_w + ix0 + kx0) * ic,
+                               (size_t)((kx1 - kx0) * ic));
+                    }
+                }
+                win = patch;
+                rstride = seg;
+            }
+            const int8_t *w = p->weights;
+            for (int32_t g = 0; g < groups; g++) {
+                const int32_t oc = 4 * g;
+                int32_t acc[4] = {p->bias[oc], p->bias[oc + 1], p->bias[oc + 2], p->bias[oc + 3]};
+                for (int32_t ky = 0; ky < kh; ky++, w += 4 * seg) {
+                    tk_dot4x4(win + ky * rstride, w, seg, acc);
+                }
+                for (int32_t j = 0; j < 4; j++) {
+                    out[oc + j] = tk_requant_one(&p->rq, acc[j], oc + j, 0);
+                }
+            }
+            for (int32_t oc = 4 * groups; oc < oc_n; oc++) {
+                int32_t acc = p->bias[oc];
+                for (int32_t ky = 0; ky < kh; ky++, w += seg) {
+                    acc += tk_dot(win + ky * rstride, w, seg);
+                }
+                out[oc] = tk_requant_one(&p->rq, acc, oc, 0);
+            }
+        }
+    }
+}
+
 void tk_conv2d(const tk_conv_t *p, const int8_t *in, int8_t *out)
 {
-    if (p->pointwise) {
+    if (p->layout == TK_LAYOUT_POINTWISE) {
         tk_conv_pointwise(p, in, out);
+        return;
+    }
+    if (p->layout == TK_LAYOUT_ROWS) {
+        tk_conv_rows(p, in, out);
         return;
     }
     const int32_t ic = p->in_c, oc_n = p->out_c;

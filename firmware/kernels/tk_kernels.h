@@ -15,6 +15,18 @@ typedef struct {
     int32_t act_min, act_max;
 } tk_requant_ch_t;
 
+/* CONV_2D weight layouts, chosen by the code generator (the kernel follows `layout`):
+ * PLAIN      [O][KH][KW][I] (any dilation; per-tap dot products);
+ * POINTWISE  1x1 without padding: [O][I] 4-interleaved (tk_dot4x4), a matrix-vector product per pixel;
+ * ROWS       dilation 1: per group of 4 output channels, for each kernel row the 4-interleaved
+ *            [4][KW*I] block (an input row segment of KW*I bytes is contiguous in NHWC), then the
+ *            O % 4 last channels plain. Border pixels go through a zero-point-padded patch of
+ *            KH*KW*I <= TK_PATCH_MAX bytes on the stack. */
+#define TK_LAYOUT_PLAIN 0
+#define TK_LAYOUT_POINTWISE 1
+#define TK_LAYOUT_ROWS 2
+#define TK_PATCH_MAX 1024
+
 /* CONV_2D and DEPTHWISE_CONV_2D. `bias` is folded at code generation time:
  * bias[oc] + input_offset * sum(weights of oc), so the inner loops multiply raw int8 values. Padding
  * taps then count as the input zero point (whose offset-corrected value is 0, as TFLite skips them). */
@@ -26,7 +38,7 @@ typedef struct {
     int32_t dil_h, dil_w;
     int32_t pad_t, pad_l;
     int32_t depth_mult;   /* depthwise only */
-    int32_t pointwise;    /* conv only: 1x1 without padding, weights 4-interleaved (see tk_dot4x4) */
+    int32_t layout;       /* conv only: how `weights` are laid out, TK_LAYOUT_* */
     int32_t input_zp;     /* value of a padding tap: -input_offset */
     const int8_t *weights;
     const int32_t *bias;

@@ -158,6 +158,23 @@ def pack4(w: np.ndarray) -> np.ndarray:
     return np.concatenate([np.concatenate([blocks, tails], axis=1).reshape(-1), w[4 * g :].reshape(-1)])
 
 
+LAYOUT_PLAIN, LAYOUT_POINTWISE, LAYOUT_ROWS = 0, 1, 2
+PATCH_MAX = 1024  # TK_PATCH_MAX: the border patch of a ROWS convolution lives on the stack
+
+
+def pack_rows(w: np.ndarray) -> np.ndarray:
+    """[O, KH, KW, I] conv weights in the ROWS layout: per group of 4 output channels, for each kernel
+    row the 4-interleaved [4, KW*I] block; then the O % 4 last channels plain."""
+    o, kh, kw, i = w.shape
+    g = o // 4
+    parts = []
+    for k in range(g):
+        for ky in range(kh):
+            parts.append(pack4(w[4 * k : 4 * k + 4, ky].reshape(4, kw * i)))
+    parts.append(w[4 * g :].reshape(-1))
+    return np.concatenate(parts) if parts else w.reshape(-1)
+
+
 def _rq_fields(ident: str, p, n: int) -> tuple[list[str], str]:
     mult = np.broadcast_to(np.asarray(p.multipliers, dtype=np.int64).reshape(-1), (n,))
     shift = np.broadcast_to(np.asarray(p.shifts, dtype=np.int64).reshape(-1), (n,))
@@ -180,10 +197,14 @@ def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
     kh, kw = w.shape[1], w.shape[2]
     folded = _fold_bias(graph, op, (0, 1, 2) if dw else (1, 2, 3), p.input_offset, oc)
     weights = w.data.astype(np.int8)
-    # Must match tk_conv2d's dispatch: 1x1 without padding runs as a matrix-vector product per pixel.
-    pointwise = not dw and kh == 1 and kw == 1 and tuple(p.pad) == (0, 0)
-    if pointwise:
+    # The weight layout tells tk_conv2d which loop to run (TK_LAYOUT_* in tk_kernels.h).
+    layout = LAYOUT_PLAIN
+    if not dw and kh == 1 and kw == 1 and tuple(p.pad) == (0, 0):
+        layout = LAYOUT_POINTWISE
         weights = pack4(weights.reshape(oc, ic))
+    elif not dw and tuple(p.dilation) == (1, 1) and kh * kw * ic <= PATCH_MAX:
+        layout = LAYOUT_ROWS
+        weights = pack_rows(weights)
     decls = [c_array("int8_t", f"{ident}_w", weights), c_array("int32_t", f"{ident}_bias", folded)]
     rq_decls, rq = _rq_fields(ident, p, oc)
     decls += rq_decls
@@ -193,7 +214,7 @@ def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         f"    .in_h = {ih}, .in_w = {iw}, .in_c = {ic}, .out_h = {oh}, .out_w = {ow}, .out_c = {oc},\n"
         f"    .k_h = {kh}, .k_w = {kw}, .stride_h = {p.stride[0]}, .stride_w = {p.stride[1]},\n"
         f"    .dil_h = {p.dilation[0]}, .dil_w = {p.dilation[1]}, .pad_t = {p.pad[0]}, .pad_l = {p.pad[1]},\n"
-        f"    .depth_mult = {m}, .pointwise = {int(pointwise)}, .input_zp = {c_int(-p.input_offset)},\n"
+        f"    .depth_mult = {m}, .layout = {layout}, .input_zp = {c_int(-p.input_offset)},\n"
         f"    .weights = {ident}_w, .bias = {ident}_bias,\n"
         f"    {rq}\n}};\n"
     )
@@ -578,6 +599,8 @@ def _model_c(graph: Graph, decls: list[str], body: list[str], inputs, outputs) -
         "/* A build may define MODEL_LAYER_END(index) to time or trace each layer (the runtime's\n"
         "   per-layer counters); by default it does nothing. */\n"
         "#ifndef MODEL_LAYER_END\n#define MODEL_LAYER_END(index) ((void)0)\n#endif\n\n"
+        f"#if TK_PATCH_MAX != {PATCH_MAX}\n"
+        '#error "firmware/kernels and harness.codegen disagree on TK_PATCH_MAX"\n#endif\n\n'
         + "\n".join(decls)
         + f"\nconst model_tensor_t model_inputs[MODEL_NUM_INPUTS] = {{\n{ins}\n}};\n\n"
         + f"const model_tensor_t model_outputs[MODEL_NUM_OUTPUTS] = {{\n{outs}\n}};\n\n"
