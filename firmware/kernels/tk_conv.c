@@ -67,9 +67,10 @@ static void tk_conv_rows(const tk_conv_t *p, const int8_t *in, int8_t *out)
                 for (int32_t ky = 0; ky < kh; ky++, w += 4 * seg) {
                     tk_dot4x4(win + ky * rstride, w, seg, acc);
                 }
-                for (int32_t j = 0; j < 4; j++) {
-                    out[oc + j] = tk_requant_one(&p->rq, acc[j], oc + j, 0);
-                }
+                out[oc] = tk_requant_one(&p->rq, acc[0], oc, 0);
+                out[oc + 1] = tk_requant_one(&p->rq, acc[1], oc + 1, 0);
+                out[oc + 2] = tk_requant_one(&p->rq, acc[2], oc + 2, 0);
+                out[oc + 3] = tk_requant_one(&p->rq, acc[3], oc + 3, 0);
             }
             for (int32_t oc = 4 * groups; oc < oc_n; oc++) {
                 int32_t acc = p->bias[oc];
@@ -168,8 +169,59 @@ static inline int32_t tk_dw3_border(const int8_t *x, const int32_t *wk, int32_t 
     return acc;
 }
 
+#define TK_DW_MAX_TAPS 25
+
+/* Depthwise with depth multiplier 1, pixel by pixel, four channels at a time: a pixel's channels are
+ * adjacent in NHWC, as are one tap's weights, so each tap is one 4-byte load of each (tk_mac4). Taps
+ * outside the input read a row of zero points (the raw value of a skipped tap under the folded bias). */
+static void tk_depthwise_vec(const tk_conv_t *p, const int8_t *in, int8_t *out)
+{
+    const int32_t c_n = p->in_c, kh = p->k_h, kw = p->k_w, taps = kh * kw;
+    int8_t zrow[TK_PATCH_MAX];
+    const int8_t *xp[TK_DW_MAX_TAPS];
+    memset(zrow, (int)(int8_t)p->input_zp, (size_t)c_n);
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_t;
+        for (int32_t ox = 0; ox < p->out_w; ox++, out += c_n) {
+            const int32_t ix0 = ox * p->stride_w - p->pad_l;
+            for (int32_t ky = 0, t = 0; ky < kh; ky++) {
+                const int32_t iy = iy0 + ky * p->dil_h;
+                for (int32_t kx = 0; kx < kw; kx++, t++) {
+                    const int32_t ix = ix0 + kx * p->dil_w;
+                    const int ok = iy >= 0 && iy < p->in_h && ix >= 0 && ix < p->in_w;
+                    xp[t] = ok ? in + (iy * p->in_w + ix) * c_n : zrow;
+                }
+            }
+            int32_t c = 0;
+            for (; c + 4 <= c_n; c += 4) {
+                int32_t acc[4] = {p->bias[c], p->bias[c + 1], p->bias[c + 2], p->bias[c + 3]};
+                const int8_t *w = p->weights + c;
+                for (int32_t t = 0; t < taps; t++, w += c_n) {
+                    tk_mac4(xp[t] + c, w, acc);
+                }
+                /* unrolled, not a loop over j: keeps acc[] in registers through the tap loop */
+                out[c] = tk_requant_one(&p->rq, acc[0], c, 0);
+                out[c + 1] = tk_requant_one(&p->rq, acc[1], c + 1, 0);
+                out[c + 2] = tk_requant_one(&p->rq, acc[2], c + 2, 0);
+                out[c + 3] = tk_requant_one(&p->rq, acc[3], c + 3, 0);
+            }
+            for (; c < c_n; c++) {
+                int32_t acc = p->bias[c];
+                for (int32_t t = 0; t < taps; t++) {
+                    acc += xp[t][c] * p->weights[t * c_n + c];
+                }
+                out[c] = tk_requant_one(&p->rq, acc, c, 0);
+            }
+        }
+    }
+}
+
 void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
 {
+    if (p->depth_mult == 1 && p->k_h * p->k_w <= TK_DW_MAX_TAPS && p->in_c <= TK_PATCH_MAX) {
+        tk_depthwise_vec(p, in, out);
+        return;
+    }
     const int32_t ic = p->in_c, oc_n = p->out_c, m = p->depth_mult;
     const int32_t row = p->in_w * ic;
     const int32_t sw = p->stride_w, pl = p->pad_l;

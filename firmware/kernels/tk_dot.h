@@ -120,6 +120,25 @@ static inline void tk_dot4x4(const int8_t *x, const int8_t *w, int32_t n, int32_
     acc[3] = a3;
 }
 
+/* acc[j] += x[j] * w[j] for 4 adjacent channels (depthwise: one tap of four channels). */
+static inline void tk_mac4(const int8_t *x, const int8_t *w, int32_t acc[4])
+{
+#if defined(__ARM_FEATURE_DSP)
+    const int32_t xv = tk_load4(x), wv = tk_load4(w);
+    const int32_t xe = __sxtb16(xv), xo = tk_sxtb16_odd(xv);
+    const int32_t we = __sxtb16(wv), wo = tk_sxtb16_odd(wv);
+    acc[0] = __smlabb(xe, we, acc[0]);
+    acc[1] = __smlabb(xo, wo, acc[1]);
+    acc[2] = __smlatt(xe, we, acc[2]);
+    acc[3] = __smlatt(xo, wo, acc[3]);
+#else
+    acc[0] += x[0] * w[0];
+    acc[1] += x[1] * w[1];
+    acc[2] += x[2] * w[2];
+    acc[3] += x[3] * w[3];
+#endif
+}
+
 static inline int32_t tk_sum(const int8_t *a, int32_t n)
 {
     int32_t acc = 0;
