@@ -12,10 +12,9 @@ reference = pytest.importorskip("harness.reference", reason="harness.reference (
 oracle = pytest.importorskip("harness.oracle", reason="harness.oracle (engineer A) is not there yet")
 model_io = pytest.importorskip("harness.model.tflite_io", reason="the .tflite reader/writer is not there yet")
 
-from harness.model.boundary import quantize_input, split_boundary  # noqa: E402
-
 from harness.codegen import generate  # noqa: E402
 from harness.model import load_model, to_tflite_bytes  # noqa: E402
+from harness.model.boundary import quantize_input, split_boundary  # noqa: E402
 from harness.targets.host import HostModel  # noqa: E402
 
 try:
@@ -75,9 +74,6 @@ def test_float_boundary_quantize_matches_interpreter(tmp_path):
     host = HostModel(cg, cache_dir=tmp_path / "host")
     rng = np.random.default_rng(1)
     xf = [rng.uniform(-2, 2, size=s.shape).astype(np.float32) for s in cg.inputs]
-    xs = [
-        quantize_input(x, b) if b is not None else x.astype(np.int8)
-        for x, b in zip(xf, in_bounds, strict=True)
-    ]
+    xs = [quantize_input(x, b) if b is not None else x.astype(np.int8) for x, b in zip(xf, in_bounds, strict=True)]
     assert all(np.array_equal(g, w) for g, w in zip(host.run(xs), reference.run(interior, xs), strict=True))
     assert len(out_bounds) == len(cg.outputs)
