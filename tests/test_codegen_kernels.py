@@ -226,9 +226,7 @@ def pool_ref(x, p: P.PoolParams, out_hw, avg: bool):
 
 
 @pytest.mark.parametrize("kind", ["AVERAGE_POOL_2D", "MAX_POOL_2D"])
-@pytest.mark.parametrize(
-    "geom", [((3, 3), (2, 2), "SAME"), ((2, 3), (1, 2), "VALID"), ((6, 5), (1, 1), "VALID")]
-)
+@pytest.mark.parametrize("geom", [((3, 3), (2, 2), "SAME"), ((2, 3), (1, 2), "VALID"), ((6, 5), (1, 1), "VALID")])
 def test_pools(kind, geom, table, tmp_path):
     (fh, fw), (sh, sw), padding = geom
     ih, iw, c = 6, 5, 4
@@ -314,3 +312,33 @@ def test_softmax_is_within_one_step_of_the_real_softmax(scale, table, tmp_path):
     real /= real.sum(1, keepdims=True)
     want = np.clip(np.round(real * 256) - 128, -128, 127)
     assert np.abs(got - want).max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["CONV_2D", "DEPTHWISE_CONV_2D"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_requantization_with_non_negative_shifts_takes_the_general_path(kind, k, table, tmp_path):
+    """Shifts of 0 and +1 rule out tk_mbqm_fast: the general double-rounding path must match too."""
+    rng = np.random.default_rng(k)
+    dw = kind == "DEPTHWISE_CONV_2D"
+    c = 8
+    wshape = (1, k, k, c) if dw else (c, k, k, c)
+    w = rng.integers(-3, 4, size=wshape, dtype=np.int8)
+    tensors = [
+        Tensor("x", (1, 5, 5, c), "int8", q(0.02, -2)),
+        Tensor("w", wshape, "int8", q(0.01), w),
+        Tensor("b", (c,), "int32", q(0.0002), rng.integers(-300, 300, size=c, dtype=np.int32)),
+        Tensor("y", (1, 5, 5, c), "int8", q(0.1, 1)),
+    ]
+    op = Op(kind, [0, 1, 2], [3], {}, name="conv")
+    g = Graph("general_rq", tensors, [op], [0], [3])
+    mult = rng.integers(2**22, 2**24, size=c)
+    shift = np.array([0, 1] * (c // 2))
+    pad = (k - 1) // 2
+    p = P.ConvParams(2, 1, mult, shift, -128, 127, (1, 1), (1, 1), (pad, pad), 1)
+    table.by_op[id(op)] = p
+    cg_host = HostModel(g, cache_dir=tmp_path)
+    assert ".fast = 0" in (cg_host.codegen.out_dir / "model.c").read_text()
+    x = rng.integers(-128, 128, size=(1, 5, 5, c), dtype=np.int8)
+    want = conv_ref(x, w, tensors[2].data, p, (5, 5), dw)
+    assert len(np.unique(want)) > 3
+    assert np.array_equal(cg_host.run([x])[0], want)

@@ -9,8 +9,7 @@
 
 static inline int8_t tk_out(const tk_requant_ch_t *rq, int32_t acc, int32_t ch)
 {
-    acc = tk_mbqm(acc, rq->mult[ch], rq->shift[ch]) + rq->output_offset;
-    return (int8_t)tk_clamp(acc, rq->act_min, rq->act_max);
+    return tk_requant_one(rq, acc, ch, 0);
 }
 
 /* Pointwise (1x1, no padding): each output pixel is a matrix-vector product over the channels. */
@@ -122,9 +121,10 @@ void tk_conv2d(const tk_conv_t *p, const int8_t *in, int8_t *out)
 /* Depthwise, one output channel at a time: its weights, bias and requantization stay in registers (or
  * one stack slot each) across the whole plane, instead of being reloaded for every pixel. Output channel
  * oc = c * M + m reads input channel c. Weights are [KH][KW][C*M]. */
-static inline int8_t tk_dw_out(int32_t acc, int32_t mult, int32_t shift, int32_t off, int32_t lo, int32_t hi)
+static inline int8_t tk_dw_out(int32_t acc, int32_t mult, int32_t shift, int32_t off, int32_t lo, int32_t hi,
+                                int fast)
 {
-    return (int8_t)tk_clamp(tk_mbqm(acc, mult, shift) + off, lo, hi);
+    return (int8_t)tk_clamp((fast ? tk_mbqm_fast(acc, mult, shift) : tk_mbqm(acc, mult, shift)) + off, lo, hi);
 }
 
 /* One output pixel with bounds checks (borders, and any kernel size / dilation). */
@@ -234,7 +234,7 @@ void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
                 for (int32_t ox = 0; ox < p->out_w; ox++, y += oc_n) {
                     const int32_t acc = tk_dw_pixel(p, x, w, oy * p->stride_h - p->pad_t, ox * sw - pl);
                     *y = tk_dw_out(acc + p->bias[oc], p->rq.mult[oc], p->rq.shift[oc], p->rq.output_offset,
-                                   p->rq.act_min, p->rq.act_max);
+                                   p->rq.act_min, p->rq.act_max, p->rq.fast);
                 }
             }
         }
@@ -260,7 +260,7 @@ void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
             int32_t ox = 0;
             for (; ox < (rows_in ? ox_lo : p->out_w); ox++, y += oc_n) {
                 const int32_t acc = tk_dw3_border(x, wk, iy0, ox * sw - pl, p->in_h, p->in_w, ic, p->input_zp);
-                *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi);
+                *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi, p->rq.fast);
             }
             if (rows_in) {
                 const int8_t *r = x + iy0 * row + (ox * sw - pl) * ic;
@@ -272,12 +272,12 @@ void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
                     int32_t acc = bias + r[0] * w0 + r[ic] * w1 + r[2 * ic] * w2;
                     acc += r1[0] * w3 + r1[ic] * w4 + r1[2 * ic] * w5;
                     acc += r2[0] * w6 + r2[ic] * w7 + r2[2 * ic] * w8;
-                    *y = tk_dw_out(acc, mult, shift, off, lo, hi);
+                    *y = tk_dw_out(acc, mult, shift, off, lo, hi, p->rq.fast);
                 }
                 for (; ox < p->out_w; ox++, y += oc_n) {
                     const int32_t acc =
                         tk_dw3_border(x, wk, iy0, ox * sw - pl, p->in_h, p->in_w, ic, p->input_zp);
-                    *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi);
+                    *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi, p->rq.fast);
                 }
             }
         }

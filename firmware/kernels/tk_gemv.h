@@ -10,7 +10,13 @@
 
 static inline int8_t tk_requant_one(const tk_requant_ch_t *rq, int32_t acc, int32_t ch, int single_rounding)
 {
-    acc = single_rounding ? tk_mbqm_single(acc, rq->mult[ch], rq->shift[ch]) : tk_mbqm(acc, rq->mult[ch], rq->shift[ch]);
+    if (single_rounding) {
+        acc = tk_mbqm_single(acc, rq->mult[ch], rq->shift[ch]);
+    } else if (rq->fast) {
+        acc = tk_mbqm_fast(acc, rq->mult[ch], rq->shift[ch]);
+    } else {
+        acc = tk_mbqm(acc, rq->mult[ch], rq->shift[ch]);
+    }
     return (int8_t)tk_clamp(acc + rq->output_offset, rq->act_min, rq->act_max);
 }
 

@@ -13,6 +13,9 @@ typedef struct {
     const int32_t *shift;  /* exponents, positive = left */
     int32_t output_offset;
     int32_t act_min, act_max;
+    /* Set by the code generator when every shift is <= -1 and every accumulator is provably below
+     * 2^30 in magnitude: the requantization may then take the short exact path (tk_mbqm_fast). */
+    int32_t fast;
 } tk_requant_ch_t;
 
 /* CONV_2D weight layouts, chosen by the code generator (the kernel follows `layout`):

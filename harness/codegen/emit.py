@@ -175,13 +175,21 @@ def pack_rows(w: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else w.reshape(-1)
 
 
-def _rq_fields(ident: str, p, n: int) -> tuple[list[str], str]:
+def _acc_bound(folded: np.ndarray, w_abs_sum: np.ndarray) -> int:
+    """The largest |accumulator| a layer can reach: |folded bias| + 128 * sum |w| per channel (raw
+    inputs and the zero-point padding are all within [-128, 127])."""
+    return int(np.max(np.abs(folded.astype(np.int64)) + 128 * w_abs_sum.astype(np.int64)))
+
+
+def _rq_fields(ident: str, p, n: int, acc_bound: int | None = None) -> tuple[list[str], str]:
     mult = np.broadcast_to(np.asarray(p.multipliers, dtype=np.int64).reshape(-1), (n,))
     shift = np.broadcast_to(np.asarray(p.shifts, dtype=np.int64).reshape(-1), (n,))
+    # tk_mbqm_fast's preconditions (see tk_fixedpoint.h); otherwise the general path.
+    fast = acc_bound is not None and acc_bound < 2**30 and bool(np.all(shift <= -1))
     decls = [c_array("int32_t", f"{ident}_mult", mult), c_array("int32_t", f"{ident}_shift", shift)]
     init = (
         f".rq = {{ .mult = {ident}_mult, .shift = {ident}_shift, .output_offset = {c_int(p.output_offset)}, "
-        f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)} }}"
+        f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}, .fast = {int(fast)} }}"
     )
     return decls, init
 
@@ -206,7 +214,9 @@ def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         layout = LAYOUT_ROWS
         weights = pack_rows(weights)
     decls = [c_array("int8_t", f"{ident}_w", weights), c_array("int32_t", f"{ident}_bias", folded)]
-    rq_decls, rq = _rq_fields(ident, p, oc)
+    w_abs = np.abs(w.data.astype(np.int64))
+    w_abs_sum = w_abs.sum(axis=(0, 1, 2)) if dw else w_abs.sum(axis=(1, 2, 3))
+    rq_decls, rq = _rq_fields(ident, p, oc, _acc_bound(folded, w_abs_sum))
     decls += rq_decls
     m = p.depth_multiplier if dw else 1
     decls.append(
@@ -229,9 +239,7 @@ def _fc(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
     x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
     n_out, n_in = w.shape
     if x.size % n_in:
-        raise UnsupportedModelError(
-            f"layer '{op.name}': input of {x.size} elements is not a multiple of {n_in}"
-        )
+        raise UnsupportedModelError(f"layer '{op.name}': input of {x.size} elements is not a multiple of {n_in}")
     folded = _fold_bias(graph, op, (1,), p.input_offset, n_out)
     decls = [
         c_array("int8_t", f"{ident}_w", pack4(w.data.astype(np.int8))),
@@ -334,9 +342,7 @@ def _quantize(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Laye
             "the device (float boundaries are handled on the host)"
         )
     rp = P.derive(graph, op)
-    return _Layer(
-        [_requant_block(ident, rp, 1, y.size, y.size)], [f"tk_requant(&{ident}, {a[0]}, {out});"], 0
-    )
+    return _Layer([_requant_block(ident, rp, 1, y.size, y.size)], [f"tk_requant(&{ident}, {a[0]}, {out});"], 0)
 
 
 def _concat(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
@@ -444,9 +450,7 @@ def analyse(graph: Graph) -> tuple[MemoryPlan, list[LayerRow]]:
     plan = plan_memory(graph)
     rows = []
     for k, op in enumerate(graph.ops):
-        rows.append(
-            _row(graph, plan, k, op, sum(graph.tensors[t].nbytes for t in op.inputs[1:] if _const(graph, t)))
-        )
+        rows.append(_row(graph, plan, k, op, sum(graph.tensors[t].nbytes for t in op.inputs[1:] if _const(graph, t))))
     return plan, rows
 
 
@@ -531,9 +535,7 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False) -> Codegen
     files = []
     for fname, text in (("model.h", header), ("model.c", source)):
         path = out_dir / fname
-        if (
-            not path.exists() or path.read_text() != text
-        ):  # keep mtimes of unchanged files for make-like caches
+        if not path.exists() or path.read_text() != text:  # keep mtimes of unchanged files for make-like caches
             path.write_text(text)
         files.append(path)
     return CodegenResult(
