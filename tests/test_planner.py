@@ -21,9 +21,7 @@ def chain(sizes: list[int]) -> Graph:
 
 
 def max_live(graph: Graph, plan) -> int:
-    return max(
-        sum(align(b.size) for b in plan.buffers if b.first <= k <= b.last) for k in range(len(graph.ops))
-    )
+    return max(sum(align(b.size) for b in plan.buffers if b.first <= k <= b.last) for k in range(len(graph.ops)))
 
 
 @pytest.mark.parametrize("seed", range(40))

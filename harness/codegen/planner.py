@@ -188,18 +188,13 @@ def plan_memory(graph: Graph, alignment: int = ALIGNMENT) -> MemoryPlan:
     idx = list(range(len(buffers)))
     orders = [
         sorted(idx, key=lambda i: (-buffers[i].size, buffers[i].first)),
-        sorted(
-            idx, key=lambda i: (-buffers[i].size * (buffers[i].last - buffers[i].first + 1), buffers[i].first)
-        ),
+        sorted(idx, key=lambda i: (-buffers[i].size * (buffers[i].last - buffers[i].first + 1), buffers[i].first)),
         sorted(idx, key=lambda i: (-(buffers[i].last - buffers[i].first), -buffers[i].size)),
         sorted(idx, key=lambda i: (buffers[i].first, -buffers[i].size)),
     ]
     best_top, best_offsets = None, None
     lower = max(
-        (
-            sum(align(b.size, alignment) for b in buffers if b.first <= k <= b.last)
-            for k in range(-1, n_ops + 1)
-        ),
+        (sum(align(b.size, alignment) for b in buffers if b.first <= k <= b.last) for k in range(-1, n_ops + 1)),
         default=0,
     )
     attempts = [lambda o=o: _place(buffers, o, alignment) for o in orders]

@@ -30,9 +30,7 @@ def _digest(cg: CodegenResult, cc: str, flags: list[str]) -> str:
     return h.hexdigest()
 
 
-def build_host_library(
-    cg: CodegenResult, cache_dir: Path, cc: str = "gcc", flags: list[str] | None = None
-) -> Path:
+def build_host_library(cg: CodegenResult, cache_dir: Path, cc: str = "gcc", flags: list[str] | None = None) -> Path:
     """Compile model.c and its kernels into a shared library, cached by the hash of every source and
     flag (an unchanged model is not rebuilt). Raises BuildError with the compiler's own message."""
     flags = list(CFLAGS if flags is None else flags)
@@ -96,6 +94,4 @@ class HostModel:
             self._run(self.arena.ctypes.data)
         except OSError as e:  # pragma: no cover - a crash in C usually kills the process instead
             raise TargetError(f"model_run failed in the host library: {e}") from e
-        return [
-            self.arena[s.offset : s.offset + s.bytes].copy().reshape(s.shape) for s in self.codegen.outputs
-        ]
+        return [self.arena[s.offset : s.offset + s.bytes].copy().reshape(s.shape) for s in self.codegen.outputs]
