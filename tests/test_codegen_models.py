@@ -14,7 +14,7 @@ model_io = pytest.importorskip("harness.model.tflite_io", reason="the .tflite re
 
 from harness.codegen import generate  # noqa: E402
 from harness.model import load_model, to_tflite_bytes  # noqa: E402
-from harness.model.boundary import quantize_input, split_boundary  # noqa: E402
+from harness.model.boundary import dequantize_output, split_boundary  # noqa: E402
 from harness.targets.host import HostModel  # noqa: E402
 
 try:
@@ -32,7 +32,7 @@ def input_sets(specs, seed: int) -> list[list[np.ndarray]]:
 
 
 def check_model(graph, model_bytes: bytes, tmp_path, seed: int = 0) -> None:
-    interior, in_bounds, _ = split_boundary(graph)
+    interior, in_bounds, out_bounds = split_boundary(graph)
     cg = generate(graph, tmp_path / "gen")
     cg.plan.check()
     host = HostModel(cg, cache_dir=tmp_path / "host")
@@ -41,12 +41,12 @@ def check_model(graph, model_bytes: bytes, tmp_path, seed: int = 0) -> None:
         want = reference.run(interior, xs)
         for j, (g, w) in enumerate(zip(got, want, strict=True)):
             assert np.array_equal(g, np.asarray(w).reshape(g.shape)), f"output {j}: C != reference"
-        # The interpreter runs the whole file (float boundaries included): feed it what the host would.
-        if all(b is None for b in in_bounds):
-            oracle_out = oracle.run_tflite(model_bytes, xs)
-            for j, (g, o) in enumerate(zip(got, oracle_out, strict=True)):
-                if o.dtype == np.int8:
-                    assert np.array_equal(g, o.reshape(g.shape)), f"output {j}: C != interpreter"
+        # The interpreter runs the whole file, float boundaries included: give a float input the value
+        # whose quantization is our int8 input, and compare a float output after the host's dequantize.
+        feed = [x if b is None else dequantize_output(x, b) for x, b in zip(xs, in_bounds, strict=True)]
+        for j, (g, o, b) in enumerate(zip(got, oracle.run_tflite(model_bytes, feed), out_bounds, strict=True)):
+            mine = g if b is None else dequantize_output(g, b)
+            assert np.array_equal(mine.reshape(-1), o.reshape(-1)), f"output {j}: C != interpreter"
 
 
 @pytest.mark.parametrize("name", sorted(OPMODELS))
@@ -64,16 +64,26 @@ def test_shared_model(key, tmp_path):
     check_model(load_model(path), data, tmp_path)
 
 
-def test_float_boundary_quantize_matches_interpreter(tmp_path):
-    floats = [k for k, f in OPMODELS.items() if "float" in k or "boundary" in k]
-    if not floats:
-        pytest.skip("no opmodel with a float boundary")
-    graph = OPMODELS[floats[0]]()
-    interior, in_bounds, out_bounds = split_boundary(graph)
-    cg = generate(graph, tmp_path / "gen")
-    host = HostModel(cg, cache_dir=tmp_path / "host")
-    rng = np.random.default_rng(1)
-    xf = [rng.uniform(-2, 2, size=s.shape).astype(np.float32) for s in cg.inputs]
-    xs = [quantize_input(x, b) if b is not None else x.astype(np.int8) for x, b in zip(xf, in_bounds, strict=True)]
-    assert all(np.array_equal(g, w) for g, w in zip(host.run(xs), reference.run(interior, xs), strict=True))
-    assert len(out_bounds) == len(cg.outputs)
+def test_float_boundary_model(tmp_path):
+    """QUANTIZE float->int8 in front, DEQUANTIZE behind: the device runs the int8 interior only."""
+    from harness.model import Graph, Op, Quant, Tensor
+
+    def q(s, zp):
+        return Quant(np.array([s], np.float32), np.array([zp]))
+
+    tensors = [
+        Tensor("x_float", (1, 6, 6, 4), "float32"),
+        Tensor("x", (1, 6, 6, 4), "int8", q(0.03, 5)),
+        Tensor("pooled", (1, 3, 3, 4), "int8", q(0.03, 5)),
+        Tensor("y_float", (1, 3, 3, 4), "float32"),
+    ]
+    ops = [
+        Op("QUANTIZE", [0], [1], {}, name="quant"),
+        Op("MAX_POOL_2D", [1], [2], {"filter": (2, 2), "stride": (2, 2), "padding": "VALID", "activation": "NONE"}),
+        Op("DEQUANTIZE", [2], [3], {}, name="dequant"),
+    ]
+    graph = Graph("float_io", tensors, ops, [0], [3])
+    cg = generate(graph, tmp_path / "peek")
+    assert [s.boundary is not None for s in cg.inputs + cg.outputs] == [True, True]
+    assert [layer.op for layer in cg.layers] == ["MAX_POOL_2D"]
+    check_model(graph, to_tflite_bytes(graph), tmp_path)
