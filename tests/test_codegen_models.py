@@ -13,7 +13,7 @@ oracle = pytest.importorskip("harness.oracle", reason="harness.oracle (engineer 
 model_io = pytest.importorskip("harness.model.tflite_io", reason="the .tflite reader/writer is not there yet")
 
 from harness.codegen import generate  # noqa: E402
-from harness.model import load_model, to_tflite_bytes  # noqa: E402
+from harness.model import Graph, Op, Quant, Tensor, load_model, to_tflite_bytes  # noqa: E402
 from harness.model.boundary import dequantize_output, split_boundary  # noqa: E402
 from harness.targets.host import HostModel  # noqa: E402
 
@@ -49,6 +49,178 @@ def check_model(graph, model_bytes: bytes, tmp_path, seed: int = 0) -> None:
             assert np.array_equal(mine.reshape(-1), o.reshape(-1)), f"output {j}: C != interpreter"
 
 
+def q(s, zp):
+    return Quant(np.array([s], np.float32), np.array([zp]))
+
+
+def extra_graphs() -> dict[str, Graph]:
+    """Single-op graphs for the ops and options the reference models do not use."""
+    rng = np.random.default_rng(0)
+    cases: dict[str, Graph] = {}
+    cases["mean"] = Graph(
+        "mean",
+        [Tensor("x", (1, 5, 7, 6), "int8", q(0.05, 3)), Tensor("y", (1, 1, 1, 6), "int8", q(0.02, -7))],
+        [Op("MEAN", [0], [1], {"axes": (1, 2), "keep_dims": True}, name="mean")],
+        [0],
+        [1],
+    )
+    cases["mean_nokeep"] = Graph(
+        "mean2",
+        [Tensor("x", (1, 4, 4, 6), "int8", q(0.05, 3)), Tensor("y", (1, 6), "int8", q(0.05, 3))],
+        [Op("MEAN", [0], [1], {"axes": (1, 2), "keep_dims": False}, name="mean")],
+        [0],
+        [1],
+    )
+    cases["pad"] = Graph(
+        "pad",
+        [Tensor("x", (1, 3, 4, 5), "int8", q(0.05, 3)), Tensor("y", (1, 5, 7, 5), "int8", q(0.05, 3))],
+        [Op("PAD", [0], [1], {"paddings": ((0, 0), (1, 1), (2, 1), (0, 0))}, name="pad")],
+        [0],
+        [1],
+    )
+    cases["quant"] = Graph(
+        "quant",
+        [Tensor("x", (1, 3, 4, 5), "int8", q(0.05, 3)), Tensor("y", (1, 3, 4, 5), "int8", q(0.07, -20))],
+        [Op("QUANTIZE", [0], [1], {}, name="rq")],
+        [0],
+        [1],
+    )
+    cases["concat"] = Graph(
+        "concat",
+        [
+            Tensor("a", (1, 3, 4, 5), "int8", q(0.05, 3)),
+            Tensor("b", (1, 3, 4, 2), "int8", q(0.05, 3)),
+            Tensor("y", (1, 3, 4, 7), "int8", q(0.05, 3)),
+        ],
+        [Op("CONCATENATION", [0, 1], [2], {"axis": 3, "activation": "NONE"}, name="cat")],
+        [0, 1],
+        [2],
+    )
+    cases["concat_ax1"] = Graph(
+        "concat1",
+        [
+            Tensor("a", (1, 3, 4, 5), "int8", q(0.05, 3)),
+            Tensor("b", (1, 2, 4, 5), "int8", q(0.05, 3)),
+            Tensor("y", (1, 5, 4, 5), "int8", q(0.05, 3)),
+        ],
+        [Op("CONCATENATION", [0, 1], [2], {"axis": 1, "activation": "NONE"}, name="cat")],
+        [0, 1],
+        [2],
+    )
+    cases["add_bcast"] = Graph(
+        "addb",
+        [
+            Tensor("a", (1, 3, 4, 5), "int8", q(0.05, 3)),
+            Tensor("b", (1, 1, 1, 5), "int8", q(0.02, -9)),
+            Tensor("y", (1, 3, 4, 5), "int8", q(0.06, 1)),
+        ],
+        [Op("ADD", [0, 1], [2], {"activation": "RELU"}, name="add")],
+        [0, 1],
+        [2],
+    )
+    cases["maxpool_same"] = Graph(
+        "mp",
+        [Tensor("x", (1, 7, 5, 3), "int8", q(0.05, 3)), Tensor("y", (1, 4, 3, 3), "int8", q(0.05, 3))],
+        [
+            Op(
+                "MAX_POOL_2D",
+                [0],
+                [1],
+                {"filter": (3, 3), "stride": (2, 2), "padding": "SAME", "activation": "RELU6"},
+                name="mp",
+            )
+        ],
+        [0],
+        [1],
+    )
+    cases["avgpool_same"] = Graph(
+        "ap",
+        [Tensor("x", (1, 7, 5, 3), "int8", q(0.05, 3)), Tensor("y", (1, 4, 3, 3), "int8", q(0.05, 3))],
+        [
+            Op(
+                "AVERAGE_POOL_2D",
+                [0],
+                [1],
+                {"filter": (3, 3), "stride": (2, 2), "padding": "SAME", "activation": "NONE"},
+                name="ap",
+            )
+        ],
+        [0],
+        [1],
+    )
+    w = rng.integers(-127, 128, (1, 3, 3, 8), dtype=np.int8)
+    cases["dw_m2"] = Graph(
+        "dwm2",
+        [
+            Tensor("x", (1, 6, 5, 4), "int8", q(0.05, -128)),
+            Tensor("w", (1, 3, 3, 8), "int8", Quant(np.linspace(1e-3, 2e-2, 8).astype(np.float32), np.zeros(8), 3), w),
+            Tensor(
+                "b",
+                (8,),
+                "int32",
+                Quant((0.05 * np.linspace(1e-3, 2e-2, 8)).astype(np.float32), np.zeros(8)),
+                rng.integers(-2000, 2000, 8, dtype=np.int32),
+            ),
+            Tensor("y", (1, 3, 3, 8), "int8", q(0.1, 127)),
+        ],
+        [
+            Op(
+                "DEPTHWISE_CONV_2D",
+                [0, 1, 2],
+                [3],
+                {"stride": (2, 2), "dilation": (1, 1), "padding": "SAME", "activation": "NONE", "depth_multiplier": 2},
+                name="dw",
+            )
+        ],
+        [0],
+        [3],
+    )
+    w2 = rng.integers(-127, 128, (6, 3, 3, 4), dtype=np.int8)
+    cases["conv_dil"] = Graph(
+        "cdil",
+        [
+            Tensor("x", (1, 9, 8, 4), "int8", q(0.05, 10)),
+            Tensor("w", (6, 3, 3, 4), "int8", Quant(np.linspace(1e-3, 2e-2, 6).astype(np.float32), np.zeros(6), 0), w2),
+            Tensor(
+                "b",
+                (6,),
+                "int32",
+                Quant((0.05 * np.linspace(1e-3, 2e-2, 6)).astype(np.float32), np.zeros(6)),
+                rng.integers(-2000, 2000, 6, dtype=np.int32),
+            ),
+            Tensor("y", (1, 9, 8, 6), "int8", q(0.2, -5)),
+        ],
+        [
+            Op(
+                "CONV_2D",
+                [0, 1, 2],
+                [3],
+                {"stride": (1, 1), "dilation": (2, 2), "padding": "SAME", "activation": "RELU"},
+                name="conv",
+            )
+        ],
+        [0],
+        [3],
+    )
+    cases["softmax"] = Graph(
+        "sm",
+        [Tensor("x", (1, 10), "int8", q(0.1, 3)), Tensor("y", (1, 10), "int8", q(1 / 256, -128))],
+        [Op("SOFTMAX", [0], [1], {"beta": 1.0}, name="sm")],
+        [0],
+        [1],
+    )
+    return cases
+
+
+EXTRA = extra_graphs()
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA))
+def test_extra_op(name, tmp_path):
+    graph = EXTRA[name]
+    check_model(graph, to_tflite_bytes(graph), tmp_path, seed=len(name))
+
+
 @pytest.mark.parametrize("name", sorted(OPMODELS))
 def test_opmodel(name, tmp_path):
     graph = OPMODELS[name]()
@@ -66,11 +238,6 @@ def test_shared_model(key, tmp_path):
 
 def test_float_boundary_model(tmp_path):
     """QUANTIZE float->int8 in front, DEQUANTIZE behind: the device runs the int8 interior only."""
-    from harness.model import Graph, Op, Quant, Tensor
-
-    def q(s, zp):
-        return Quant(np.array([s], np.float32), np.array([zp]))
-
     tensors = [
         Tensor("x_float", (1, 6, 6, 4), "float32"),
         Tensor("x", (1, 6, 6, 4), "int8", q(0.03, 5)),
