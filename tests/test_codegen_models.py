@@ -212,7 +212,52 @@ def extra_graphs() -> dict[str, Graph]:
     return cases
 
 
+def inverted_bottleneck(rng=None) -> Graph:
+    """1x1 expand (4 -> 24) -> 3x3 depthwise -> 1x1 project (24 -> 4), a residual ADD: the depthwise
+    pair is the arena's peak, so the planner runs it in place."""
+    rng = rng or np.random.default_rng(3)
+
+    def conv(name, cin, cout, k, dw):
+        wshape = (1, k, k, cout) if dw else (cout, k, k, cin)
+        scales = np.geomspace(2e-3, 3e-2, cout).astype(np.float32)
+        w = Tensor(f"{name}_w", wshape, "int8", Quant(scales, np.zeros(cout), 3 if dw else 0))
+        w.data = rng.integers(-127, 128, wshape, dtype=np.int8)
+        b = Tensor(f"{name}_b", (cout,), "int32", Quant(scales * np.float32(0.05), np.zeros(cout)))
+        b.data = rng.integers(-3000, 3000, cout, dtype=np.int32)
+        return w, b
+
+    t = [Tensor("in", (1, 7, 6, 4), "int8", q(0.05, -10))]
+    ops = []
+    for name, cin, cout, k, dw in (("expand", 4, 24, 1, False), ("dw", 24, 24, 3, True), ("project", 24, 4, 1, False)):
+        w, b = conv(name, cin, cout, k, dw)
+        x = len(t) - 1
+        t += [w, b, Tensor(name, (1, 7, 6, cout), "int8", q(0.08, -3))]
+        opts = {"stride": (1, 1), "dilation": (1, 1), "padding": "SAME", "activation": "RELU6"}
+        if dw:
+            opts["depth_multiplier"] = 1
+        ops.append(Op("DEPTHWISE_CONV_2D" if dw else "CONV_2D", [x, x + 1, x + 2], [x + 3], opts, name=name))
+    t.append(Tensor("out", (1, 7, 6, 4), "int8", q(0.1, 2)))
+    ops.append(Op("ADD", [0, len(t) - 2], [len(t) - 1], {"activation": "NONE"}, name="residual"))
+    return Graph("inverted_bottleneck", t, ops, [0], [len(t) - 1])
+
+
 EXTRA = extra_graphs()
+EXTRA["inverted_bottleneck"] = inverted_bottleneck()
+
+
+def test_inplace_depthwise_shrinks_the_arena(tmp_path):
+    from harness.codegen.planner import plan_memory
+
+    g = inverted_bottleneck()
+    plan = plan_memory(g)
+    plain = plan_memory(g, inplace_depthwise=False)
+    plan.check()
+    assert list(plan.inplace) == [1]
+    assert plan.offsets[g.ops[1].inputs[0]] == plan.offsets[g.ops[1].outputs[0]]
+    assert plan.arena_bytes < plain.arena_bytes
+    cg = generate(g, tmp_path)
+    assert "tk_depthwise_inplace(&l1_dw" in (tmp_path / "model.c").read_text()
+    assert cg.arena_bytes == plan.arena_bytes
 
 
 @pytest.mark.parametrize("name", sorted(EXTRA))

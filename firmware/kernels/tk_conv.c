@@ -216,26 +216,22 @@ static void tk_depthwise_vec(const tk_conv_t *p, const int8_t *in, int8_t *out)
     }
 }
 
-void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
+/* One output channel `oc` of a depthwise layer, written to y[0], y[ystride], ... (pixel order). Its
+ * weights, bias and requantization stay in registers across the plane. */
+static void tk_dw_channel(const tk_conv_t *p, const int8_t *in, int32_t oc, int8_t *y, int32_t ystride)
 {
-    if (p->depth_mult == 1 && p->k_h * p->k_w <= TK_DW_MAX_TAPS && p->in_c <= TK_PATCH_MAX) {
-        tk_depthwise_vec(p, in, out);
-        return;
-    }
-    const int32_t ic = p->in_c, oc_n = p->out_c, m = p->depth_mult;
+    const int32_t ic = p->in_c, oc_n = p->out_c;
     const int32_t row = p->in_w * ic;
     const int32_t sw = p->stride_w, pl = p->pad_l;
+    const int8_t *x = in + oc / p->depth_mult;
+    const int32_t bias = p->bias[oc];
+    const int32_t mult = p->rq.mult[oc], shift = p->rq.shift[oc];
+    const int32_t off = p->rq.output_offset, lo = p->rq.act_min, hi = p->rq.act_max;
     if (!(p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1)) {
-        for (int32_t oc = 0; oc < oc_n; oc++) {
-            const int8_t *x = in + oc / m;
-            const int8_t *w = p->weights + oc;
-            int8_t *y = out + oc;
-            for (int32_t oy = 0; oy < p->out_h; oy++) {
-                for (int32_t ox = 0; ox < p->out_w; ox++, y += oc_n) {
-                    const int32_t acc = tk_dw_pixel(p, x, w, oy * p->stride_h - p->pad_t, ox * sw - pl);
-                    *y = tk_dw_out(acc + p->bias[oc], p->rq.mult[oc], p->rq.shift[oc], p->rq.output_offset,
-                                   p->rq.act_min, p->rq.act_max, p->rq.fast);
-                }
+        for (int32_t oy = 0; oy < p->out_h; oy++) {
+            for (int32_t ox = 0; ox < p->out_w; ox++, y += ystride) {
+                const int32_t acc = tk_dw_pixel(p, x, p->weights + oc, oy * p->stride_h - p->pad_t, ox * sw - pl);
+                *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi, p->rq.fast);
             }
         }
         return;
@@ -244,42 +240,59 @@ void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
     const int32_t ox_lo = (pl + sw - 1) / sw;
     int32_t ox_hi = (p->in_w - 3 + pl) / sw + 1;
     ox_hi = ox_hi > p->out_w ? p->out_w : (ox_hi < ox_lo ? ox_lo : ox_hi);
-    for (int32_t oc = 0; oc < oc_n; oc++) {
-        const int8_t *x = in + oc / m;
-        int8_t *y = out + oc;
-        int32_t wk[9];
-        for (int32_t t = 0; t < 9; t++) {
-            wk[t] = p->weights[t * oc_n + oc];
+    int32_t wk[9];
+    for (int32_t t = 0; t < 9; t++) {
+        wk[t] = p->weights[t * oc_n + oc];
+    }
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_t;
+        const int rows_in = iy0 >= 0 && iy0 + 2 < p->in_h;
+        int32_t ox = 0;
+        for (; ox < (rows_in ? ox_lo : p->out_w); ox++, y += ystride) {
+            const int32_t acc = tk_dw3_border(x, wk, iy0, ox * sw - pl, p->in_h, p->in_w, ic, p->input_zp);
+            *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi, p->rq.fast);
         }
-        const int32_t bias = p->bias[oc];
-        const int32_t mult = p->rq.mult[oc], shift = p->rq.shift[oc];
-        const int32_t off = p->rq.output_offset, lo = p->rq.act_min, hi = p->rq.act_max;
-        for (int32_t oy = 0; oy < p->out_h; oy++) {
-            const int32_t iy0 = oy * p->stride_h - p->pad_t;
-            const int rows_in = iy0 >= 0 && iy0 + 2 < p->in_h;
-            int32_t ox = 0;
-            for (; ox < (rows_in ? ox_lo : p->out_w); ox++, y += oc_n) {
+        if (rows_in) {
+            const int8_t *r = x + iy0 * row + (ox * sw - pl) * ic;
+            const int32_t step = sw * ic;
+            const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3], w4 = wk[4];
+            const int32_t w5 = wk[5], w6 = wk[6], w7 = wk[7], w8 = wk[8];
+            for (; ox < ox_hi; ox++, y += ystride, r += step) {
+                const int8_t *r1 = r + row, *r2 = r + 2 * row;
+                int32_t acc = bias + r[0] * w0 + r[ic] * w1 + r[2 * ic] * w2;
+                acc += r1[0] * w3 + r1[ic] * w4 + r1[2 * ic] * w5;
+                acc += r2[0] * w6 + r2[ic] * w7 + r2[2 * ic] * w8;
+                *y = tk_dw_out(acc, mult, shift, off, lo, hi, p->rq.fast);
+            }
+            for (; ox < p->out_w; ox++, y += ystride) {
                 const int32_t acc = tk_dw3_border(x, wk, iy0, ox * sw - pl, p->in_h, p->in_w, ic, p->input_zp);
                 *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi, p->rq.fast);
             }
-            if (rows_in) {
-                const int8_t *r = x + iy0 * row + (ox * sw - pl) * ic;
-                const int32_t step = sw * ic;
-                const int32_t w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3], w4 = wk[4];
-                const int32_t w5 = wk[5], w6 = wk[6], w7 = wk[7], w8 = wk[8];
-                for (; ox < ox_hi; ox++, y += oc_n, r += step) {
-                    const int8_t *r1 = r + row, *r2 = r + 2 * row;
-                    int32_t acc = bias + r[0] * w0 + r[ic] * w1 + r[2 * ic] * w2;
-                    acc += r1[0] * w3 + r1[ic] * w4 + r1[2 * ic] * w5;
-                    acc += r2[0] * w6 + r2[ic] * w7 + r2[2 * ic] * w8;
-                    *y = tk_dw_out(acc, mult, shift, off, lo, hi, p->rq.fast);
-                }
-                for (; ox < p->out_w; ox++, y += oc_n) {
-                    const int32_t acc =
-                        tk_dw3_border(x, wk, iy0, ox * sw - pl, p->in_h, p->in_w, ic, p->input_zp);
-                    *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi, p->rq.fast);
-                }
-            }
+        }
+    }
+}
+
+void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out)
+{
+    if (p->depth_mult == 1 && p->k_h * p->k_w <= TK_DW_MAX_TAPS && p->in_c <= TK_PATCH_MAX) {
+        tk_depthwise_vec(p, in, out);
+        return;
+    }
+    for (int32_t oc = 0; oc < p->out_c; oc++) {
+        tk_dw_channel(p, in, oc, out + oc, p->out_c);
+    }
+}
+
+/* In place (multiplier 1, output shape = input shape): channel c's output plane depends only on
+ * channel c's input, so it is computed into `scratch` (out_h * out_w bytes, planned in the arena) and
+ * then copied over channel c. The arena then never holds both tensors: MCUNet's in-place depthwise. */
+void tk_depthwise_inplace(const tk_conv_t *p, int8_t *buf, int8_t *scratch)
+{
+    const int32_t c_n = p->out_c, n = p->out_h * p->out_w;
+    for (int32_t c = 0; c < c_n; c++) {
+        tk_dw_channel(p, buf, c, scratch, 1);
+        for (int32_t i = 0; i < n; i++) {
+            buf[i * c_n + c] = scratch[i];
         }
     }
 }

@@ -50,6 +50,8 @@ typedef struct {
 
 void tk_conv2d(const tk_conv_t *p, const int8_t *in, int8_t *out);
 void tk_depthwise(const tk_conv_t *p, const int8_t *in, int8_t *out);
+/* In place: multiplier 1, output shape = input shape; scratch holds out_h * out_w bytes. */
+void tk_depthwise_inplace(const tk_conv_t *p, int8_t *buf, int8_t *scratch);
 
 typedef struct {
     int32_t batches, in_features, out_features;

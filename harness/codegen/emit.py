@@ -518,6 +518,9 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False) -> Codegen
             rows.append(_row(interior, plan, k, op, 0))
             continue
         layer = _EMITTERS[op.kind](interior, op, ident, acts, out)
+        if k in plan.inplace:  # the planner gave output and input one buffer, plus a scratch plane
+            layer.calls = [f"tk_depthwise_inplace(&{ident}, {out}, arena + {plan.inplace[k]});"]
+            layer.note += ", in place"
         kernels.add(KERNEL_FILES[op.kind])
         macs = op_macs(interior, op)
         extra = (f", {layer.note}" if layer.note else "") + (f", {macs} MACs" if macs else "")

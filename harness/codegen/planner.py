@@ -36,6 +36,7 @@ class Buffer:
     first: int  # index of the op that writes it; -1 for a graph input
     last: int  # index of the last op that reads it; len(ops) for a graph output
     offset: int = -1
+    scratch_of: int | None = None  # the op whose kernel scratch this is (no tensor)
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -48,6 +49,7 @@ class MemoryPlan:
     buffers: list[Buffer]
     offsets: dict[int, int] = field(default_factory=dict)  # tensor index -> byte offset
     lifetimes: dict[int, tuple[int, int]] = field(default_factory=dict)  # tensor index -> (first, last)
+    inplace: dict[int, int] = field(default_factory=dict)  # in-place depthwise op -> its scratch offset
 
     def buffer_of(self, tensor: int) -> Buffer:
         for b in self.buffers:
@@ -70,8 +72,9 @@ class MemoryPlan:
                     assert apart, f"live buffers {a.tensors} and {b.tensors} overlap in the arena"
 
 
-def buffers_of(graph: Graph) -> list[Buffer]:
-    """The buffers to place: activation tensors grouped by RESHAPE aliasing, with their lifetimes."""
+def buffers_of(graph: Graph, inplace: set[int] | frozenset[int] = frozenset()) -> list[Buffer]:
+    """The buffers to place: activation tensors grouped by RESHAPE aliasing (and, for the depthwise
+    ops in `inplace`, output with input), with their lifetimes; plus those ops' scratch planes."""
     parent: dict[int, int] = {}
 
     def find(t: int) -> int:
@@ -88,6 +91,8 @@ def buffers_of(graph: Graph) -> list[Buffer]:
                     "the constant when exporting)"
                 )
             parent[find(op.outputs[0])] = find(src)
+        elif k in inplace:
+            parent[find(op.outputs[0])] = find(op.inputs[0])
 
     n_ops = len(graph.ops)
     first: dict[int, int] = {t: -1 for t in graph.inputs}
@@ -115,7 +120,30 @@ def buffers_of(graph: Graph) -> list[Buffer]:
             b.size = max(b.size, size)
             b.first = min(b.first, f)
             b.last = max(b.last, l_)
-    return list(groups.values())
+    scratch = []
+    for k in sorted(inplace):
+        y = graph.tensors[graph.ops[k].outputs[0]]
+        scratch.append(Buffer([], y.shape[1] * y.shape[2], k, k, scratch_of=k))
+    return list(groups.values()) + scratch
+
+
+def inplace_candidates(graph: Graph) -> list[int]:
+    """Depthwise ops that may overwrite their input: multiplier 1, output shape = input shape, and the
+    input (with its RESHAPE aliases) read by nothing later and not a graph output."""
+    buffers = buffers_of(graph)
+    group = {t: b for b in buffers for t in b.tensors}
+    out = []
+    for k, op in enumerate(graph.ops):
+        if op.kind != "DEPTHWISE_CONV_2D":
+            continue
+        x, y = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+        w = graph.tensors[op.inputs[1]]
+        if x.is_const or tuple(x.shape) != tuple(y.shape) or len(x.shape) != 4 or w.shape[3] != x.shape[3]:
+            continue
+        b = group[op.inputs[0]]
+        if b.last == k and not any(t in graph.outputs for t in b.tensors):
+            out.append(k)
+    return out
 
 
 def _place(buffers: list[Buffer], order: list[int], alignment: int) -> int:
@@ -181,9 +209,27 @@ def _place_two_ended(buffers: list[Buffer], target: int, alignment: int) -> int:
     return top
 
 
-def plan_memory(graph: Graph, alignment: int = ALIGNMENT) -> MemoryPlan:
-    """Place every activation buffer of `graph` (an int8 interior) in one arena; see the module doc."""
-    buffers = buffers_of(graph)
+def plan_memory(graph: Graph, alignment: int = ALIGNMENT, inplace_depthwise: bool = True) -> MemoryPlan:
+    """Place every activation buffer of `graph` (an int8 interior) in one arena; see the module doc.
+
+    With `inplace_depthwise`, depthwise layers that can overwrite their input do so (one scratch plane
+    of H*W bytes instead of a second tensor) where, and only where, that makes the arena smaller: the
+    in-place kernel walks channel by channel and is slower."""
+    best = _plan(graph, alignment, frozenset())
+    if not inplace_depthwise:
+        return best
+    chosen: frozenset[int] = frozenset()
+    cands = inplace_candidates(graph)
+    cands.sort(key=lambda k: -graph.tensors[graph.ops[k].outputs[0]].nbytes)
+    for k in cands:
+        trial = _plan(graph, alignment, chosen | {k})
+        if trial.arena_bytes < best.arena_bytes:
+            best, chosen = trial, chosen | {k}
+    return best
+
+
+def _plan(graph: Graph, alignment: int, inplace: frozenset[int]) -> MemoryPlan:
+    buffers = buffers_of(graph, inplace)
     n_ops = len(graph.ops)
     idx = list(range(len(buffers)))
     orders = [
@@ -212,9 +258,12 @@ def plan_memory(graph: Graph, alignment: int = ALIGNMENT) -> MemoryPlan:
         for t in b.tensors:
             plan.offsets[t] = b.offset
             plan.lifetimes[t] = (b.first, b.last)
+        if b.scratch_of is not None:
+            plan.inplace[b.scratch_of] = b.offset
     return plan
 
 
 def naive_arena_bytes(graph: Graph, alignment: int = ALIGNMENT) -> int:
-    """A plan without reuse: every buffer at its own offset (the upper bound the planner must beat)."""
+    """A plan without reuse (and no in-place layers): every buffer at its own offset, the upper bound
+    the planner must beat."""
     return sum(align(b.size, alignment) for b in buffers_of(graph))
