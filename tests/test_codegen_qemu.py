@@ -111,37 +111,20 @@ def mixed_graph(rng):
     return g, dict(zip((id(o) for o in ops), params, strict=True))
 
 
-@pytest.mark.parametrize("cpu,machine", [("cortex-m4", "mps2-an386"), ("cortex-m3", "mps2-an385")])
-def test_arm_build_matches_host(cpu, machine, monkeypatch, tmp_path):
-    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
-    rng = np.random.default_rng(7)
-    g, table = mixed_graph(rng)
-    monkeypatch.setattr(P, "derive", lambda graph, op: table[id(op)])
-    cg = generate(g, tmp_path / "gen", dsp=cpu == "cortex-m4")
-    x = rng.integers(-128, 128, size=(1, 9, 9, 7), dtype=np.int8)
-    want = HostModel(cg, cache_dir=tmp_path / "host").run([x])[0]
-    assert len(np.unique(want)) > 3
+def run_bare_metal(cg, x: np.ndarray, cpu: str, machine: str, tmp_path) -> np.ndarray:
+    """Build `cg` with the input embedded for `cpu`, run it on QEMU `machine`, return its output."""
     (tmp_path / "main.c").write_text(MAIN_C)
     (tmp_path / "input.h").write_text(
         "static const int8_t model_input[] = {" + ", ".join(str(v) for v in x.reshape(-1)) + "};\n"
     )
     (tmp_path / "link.ld").write_text(LINKER)
     elf = tmp_path / "prog.elf"
-    cmd = [
-        "arm-none-eabi-gcc",
-        f"-mcpu={cpu}",
-        "-mthumb",
-        "-O2",
-        "-std=c99",
-        "-Wall",
-        "-Werror",
-        "-ffreestanding",
-    ]
+    cmd = ["arm-none-eabi-gcc", f"-mcpu={cpu}", "-mthumb", "-O2", "-std=c99", "-Wall", "-Werror", "-ffreestanding"]
     cmd += ["-nostartfiles", "--specs=nano.specs", f"-T{tmp_path / 'link.ld'}", f"-I{tmp_path}"]
     cmd += [f"-I{d}" for d in cg.include_dirs] + ["-o", str(elf), str(tmp_path / "main.c")]
     cmd += [str(p) for p in cg.files if p.suffix == ".c"] + [str(p) for p in cg.kernel_sources]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
-    if cpu == "cortex-m4":
+    if cpu != "cortex-m3":
         dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True).stdout
         assert "smlad" in dis  # the DSP path is really the one under test
     run = subprocess.run(
@@ -149,9 +132,45 @@ def test_arm_build_matches_host(cpu, machine, monkeypatch, tmp_path):
         + ["-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     # Without a chardev, QEMU writes the semihosting console to stderr; keep only our hex lines.
-    text = "".join(ln for ln in (run.stdout + run.stderr).splitlines() if set(ln) <= set("0123456789abcdef"))
-    got = np.frombuffer(bytes.fromhex(text), dtype=np.int8).reshape(want.shape)
-    assert np.array_equal(got, want)
+    text = "".join(ln for ln in (run.stdout + run.stderr).splitlines() if ln and set(ln) <= set("0123456789abcdef"))
+    spec = cg.outputs[0]
+    return np.frombuffer(bytes.fromhex(text), dtype=np.int8).reshape(spec.shape)
+
+
+CPUS = [("cortex-m4", "mps2-an386"), ("cortex-m7", "mps2-an500"), ("cortex-m3", "mps2-an385")]
+
+
+@pytest.mark.parametrize("cpu,machine", CPUS)
+def test_arm_build_matches_host(cpu, machine, monkeypatch, tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    rng = np.random.default_rng(7)
+    g, table = mixed_graph(rng)
+    monkeypatch.setattr(P, "derive", lambda graph, op: table[id(op)])
+    cg = generate(g, tmp_path / "gen", dsp=cpu != "cortex-m3")
+    x = rng.integers(-128, 128, size=(1, 9, 9, 7), dtype=np.int8)
+    want = HostModel(cg, cache_dir=tmp_path / "host").run([x])[0]
+    assert len(np.unique(want)) > 3
+    assert np.array_equal(run_bare_metal(cg, x, cpu, machine, tmp_path), want)
+
+
+@pytest.mark.parametrize("cpu,machine", CPUS[:1] + CPUS[2:])
+@pytest.mark.parametrize("key", ["kws", "ic"])
+def test_reference_model_on_arm_matches_reference(key, cpu, machine, tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    from conftest import shared_model
+
+    from harness import reference
+    from harness.model import load_model
+
+    g = load_model(shared_model(key))
+    if key == "ic":  # end at the logits (more informative than a saturated softmax); kws keeps its softmax
+        assert g.ops[-1].kind == "SOFTMAX"
+        g.outputs = [g.ops[-1].inputs[0]]
+        g.ops = g.ops[:-1]
+    cg = generate(g, tmp_path / "gen", dsp=cpu != "cortex-m3")
+    x = np.random.default_rng(1).integers(-128, 128, size=cg.inputs[0].shape, dtype=np.int8)
+    want = reference.run(g, [x])[0]
+    assert np.array_equal(run_bare_metal(cg, x, cpu, machine, tmp_path), np.asarray(want).reshape(cg.outputs[0].shape))
