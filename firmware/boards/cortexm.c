@@ -1,0 +1,146 @@
+/* Cortex-M core support shared by every board: vector table, reset, fault reporting, the counter
+ * (DWT CYCCNT on hardware, SysTick under QEMU where CYCCNT reads 0) and the exit path. */
+#include <stdint.h>
+#include <string.h>
+
+#include "board.h"
+#include "board_config.h"
+
+#define REG32(addr) (*(volatile uint32_t *)(addr))
+#define SCB_CPACR REG32(0xE000ED88u)
+#define SCB_CFSR REG32(0xE000ED28u)
+#define SCB_SHCSR REG32(0xE000ED24u)
+#define SYST_CSR REG32(0xE000E010u)
+#define SYST_RVR REG32(0xE000E014u)
+#define SYST_CVR REG32(0xE000E018u)
+#define DEMCR REG32(0xE000EDFCu)
+#define DWT_CTRL REG32(0xE0001000u)
+#define DWT_CYCCNT REG32(0xE0001004u)
+#define DWT_LAR REG32(0xE0001FB0u)
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, __stack_end__;
+int main(void);
+
+void reset_handler(void)
+{
+    memcpy(&_sdata, &_sidata, (uint32_t)((char *)&_edata - (char *)&_sdata));
+    memset(&_sbss, 0, (uint32_t)((char *)&_ebss - (char *)&_sbss));
+#if BOARD_HAS_FPU
+    SCB_CPACR |= (0xFu << 20); /* CP10, CP11 full access: the kernels' compiler may use the FPU */
+    __asm__ volatile("dsb\n isb" ::: "memory");
+#endif
+    SCB_SHCSR |= (7u << 16); /* MemManage, BusFault, UsageFault as their own handlers: a precise report */
+    main();
+    board_exit(0);
+}
+
+__attribute__((naked)) void hardfault_handler(void) { __asm__ volatile("movs r0, #1\n b fault_entry"); }
+__attribute__((naked)) void memmanage_handler(void) { __asm__ volatile("movs r0, #2\n b fault_entry"); }
+__attribute__((naked)) void busfault_handler(void) { __asm__ volatile("movs r0, #3\n b fault_entry"); }
+__attribute__((naked)) void usagefault_handler(void) { __asm__ volatile("movs r0, #4\n b fault_entry"); }
+
+/* The faulting PC and LR come from the exception frame on whichever stack was active; read it before
+ * anything else touches the stack pointer. */
+__attribute__((naked, used)) void fault_entry(void)
+{
+    __asm__ volatile(
+        "tst lr, #4\n"
+        "ite eq\n"
+        "mrseq r1, msp\n"
+        "mrsne r1, psp\n"
+        "b fault_report\n");
+}
+
+__attribute__((used)) void fault_report(uint32_t kind, uint32_t *frame)
+{
+    runtime_fault(frame[6], frame[5], SCB_CFSR, kind);
+    board_exit(3);
+    for (;;) {
+    }
+}
+
+__attribute__((naked)) void default_handler(void) { __asm__ volatile("movs r0, #5\n b fault_entry"); }
+
+static volatile uint32_t systick_wraps;
+void systick_handler(void) { systick_wraps++; }
+
+typedef void (*vector_t)(void);
+__attribute__((section(".vectors"), used)) const vector_t vectors[16 + 16] = {
+    (vector_t)&__stack_end__, reset_handler, default_handler, hardfault_handler,
+    memmanage_handler, busfault_handler, usagefault_handler, default_handler,
+    0, 0, 0, default_handler, default_handler, 0, default_handler, systick_handler,
+    default_handler, default_handler, default_handler, default_handler, default_handler, default_handler,
+    default_handler, default_handler, default_handler, default_handler, default_handler, default_handler,
+    default_handler, default_handler, default_handler, default_handler,
+};
+
+#if BOARD_QEMU
+/* CYCCNT reads 0 under QEMU; SysTick on the processor clock under -icount shift=0 counts instructions. */
+const char board_counter_source[] = "qemu-icount";
+
+void board_counter_start(void)
+{
+    SYST_CSR = 0;
+    SYST_RVR = 0x00FFFFFFu;
+    SYST_CVR = 0;
+    systick_wraps = 0;
+    SYST_CSR = 7u; /* processor clock, interrupt on wrap, enable */
+}
+
+uint64_t board_counter_read(void)
+{
+    uint32_t hi, lo;
+    do { /* a wrap between the two reads would pair a new count with an old wrap count */
+        hi = systick_wraps;
+        lo = SYST_CVR;
+    } while (hi != systick_wraps);
+    return ((uint64_t)hi << 24) + (0x00FFFFFFu - lo);
+}
+#else
+const char board_counter_source[] = "dwt";
+static uint32_t dwt_last, dwt_high;
+
+void board_counter_start(void)
+{
+    DEMCR |= (1u << 24); /* TRCENA */
+    DWT_LAR = 0xC5ACCE55u; /* Cortex-M7 keeps the DWT locked until this key is written */
+    DWT_CYCCNT = 0;
+    DWT_CTRL |= 1u;
+    dwt_last = 0;
+    dwt_high = 0;
+}
+
+uint64_t board_counter_read(void)
+{
+    uint32_t now = DWT_CYCCNT; /* extended to 64 bits: reads come far more often than every 2^32 cycles */
+    if (now < dwt_last) {
+        dwt_high++;
+    }
+    dwt_last = now;
+    return ((uint64_t)dwt_high << 32) | now;
+}
+#endif
+
+uint32_t board_clock_hz(void) { return BOARD_CLOCK_HZ; }
+
+void board_init(void)
+{
+    uart_init(BOARD_CLOCK_HZ);
+    board_counter_start();
+}
+
+void board_exit(int code)
+{
+#if BOARD_QEMU
+    /* SYS_EXIT_EXTENDED: QEMU exits with `code` as its status. */
+    volatile uint32_t block[2] = {0x20026u, (uint32_t)code};
+    register uint32_t r0 __asm__("r0") = 0x20u;
+    register volatile uint32_t *r1 __asm__("r1") = block;
+    __asm__ volatile("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
+#else
+    (void)code;
+#endif
+    for (;;) {
+        __asm__ volatile("wfi");
+    }
+}

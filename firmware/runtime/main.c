@@ -1,0 +1,208 @@
+/* The device side of a benchmark: say HELLO, then serve requests forever. Measures each inference with
+ * the board's counter, the peak stack by painting the stack region, the arena's high water by painting
+ * the arena. */
+#include <stdint.h>
+#include <string.h>
+
+#include "board.h"
+#include "board_config.h"
+#include "model.h"
+#include "protocol.h"
+
+#define STACK_PAINT 0xC5C5C5C5u
+#define ARENA_PAINT 0xA5u
+#define MAX_REPS 120u /* STATS carries one 64-bit count per repetition in one frame */
+
+static int8_t arena[MODEL_ARENA_BYTES > 0 ? MODEL_ARENA_BYTES : 16]
+    __attribute__((section(".arena"), aligned(16)));
+/* The inputs as the host sent them. The planner may let later layers overwrite an input that is dead, so
+ * each repetition starts from this copy (restored outside the timed window). Its own section: it is the
+ * harness's memory, not the model's, and is reported apart. */
+static int8_t inputs_copy[HARNESS_INPUT_BYTES] __attribute__((section(".harness"), aligned(4)));
+static frame_t rx;
+static uint8_t tx[PROTO_MAX_PAYLOAD];
+static uint64_t counts[MAX_REPS];
+extern uint32_t __stack_start__, __stack_end__;
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static uint32_t put_str(uint8_t *p, const char *s)
+{
+    uint32_t n = (uint32_t)strlen(s);
+    if (n > 63) {
+        n = 63;
+    }
+    p[0] = (uint8_t)n;
+    memcpy(p + 1, s, n);
+    return n + 1;
+}
+
+static uint32_t put_tensor(uint8_t *p, const model_tensor_t *t)
+{
+    float scale = t->scale;
+    uint32_t bits;
+    memcpy(&bits, &scale, 4);
+    put32(p, t->offset);
+    put32(p + 4, t->bytes);
+    put32(p + 8, bits);
+    put32(p + 12, (uint32_t)t->zero_point);
+    p[16] = t->ndim;
+    for (int i = 0; i < 4; i++) {
+        put32(p + 17 + 4 * i, (uint32_t)t->dims[i]);
+    }
+    return 33;
+}
+
+__attribute__((noinline)) static void paint_stack(void)
+{
+    uint32_t *sp;
+    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    for (uint32_t *w = &__stack_start__; w < sp - 16; w++) {
+        *w = STACK_PAINT;
+    }
+}
+
+static uint32_t peak_stack(void)
+{
+    const uint32_t *w = &__stack_start__;
+    while (w < &__stack_end__ && *w == STACK_PAINT) {
+        w++;
+    }
+    return (uint32_t)((const char *)&__stack_end__ - (const char *)w);
+}
+
+static uint32_t arena_high_water(void)
+{
+    uint32_t n = MODEL_ARENA_BYTES;
+    while (n > 0 && (uint8_t)arena[n - 1] == ARENA_PAINT) {
+        n--;
+    }
+    return n;
+}
+
+static void send_hello(uint8_t seq)
+{
+    uint32_t n = 0;
+    put32(tx + n, PROTO_VERSION);
+    put32(tx + n + 4, board_clock_hz());
+    put32(tx + n + 8, MODEL_ARENA_BYTES);
+    put32(tx + n + 12, (uint32_t)((char *)&__stack_end__ - (char *)&__stack_start__));
+    put32(tx + n + 16, MODEL_MACS);
+    n += 20;
+    n += put_str(tx + n, BOARD_NAME);
+    n += put_str(tx + n, BOARD_CORE);
+    n += put_str(tx + n, board_counter_source);
+    n += put_str(tx + n, BUILD_ID);
+    n += put_str(tx + n, MODEL_NAME);
+    tx[n++] = MODEL_NUM_INPUTS;
+    tx[n++] = MODEL_NUM_OUTPUTS;
+    for (int i = 0; i < MODEL_NUM_INPUTS; i++) {
+        n += put_tensor(tx + n, &model_inputs[i]);
+    }
+    for (int i = 0; i < MODEL_NUM_OUTPUTS; i++) {
+        n += put_tensor(tx + n, &model_outputs[i]);
+    }
+    proto_send(MSG_HELLO, seq, tx, (uint16_t)n);
+}
+
+static void set_input(const frame_t *f)
+{
+    if (f->length < 5 || f->payload[0] >= MODEL_NUM_INPUTS) {
+        proto_error(f->seq, ERR_BAD_REQUEST, 0, 0, 0, 0, "SET_INPUT: bad index or length");
+        return;
+    }
+    const model_tensor_t *t = &model_inputs[f->payload[0]];
+    uint32_t off = get32(f->payload + 1), n = f->length - 5u;
+    if (off > t->bytes || n > t->bytes - off) {
+        proto_error(f->seq, ERR_OUT_OF_RANGE, off, n, t->bytes, 0, "SET_INPUT: chunk outside the input");
+        return;
+    }
+    uint32_t base = 0;
+    for (uint32_t i = 0; i < f->payload[0]; i++) {
+        base += model_inputs[i].bytes;
+    }
+    memcpy(inputs_copy + base + off, f->payload + 5, n);
+    tx[0] = MSG_SET_INPUT;
+    proto_send(MSG_ACK, f->seq, tx, 1);
+}
+
+static void infer(const frame_t *f)
+{
+    uint32_t reps = f->length >= 4 ? get32(f->payload) : 0;
+    if (reps == 0 || reps > MAX_REPS) {
+        proto_error(f->seq, ERR_BAD_REQUEST, reps, MAX_REPS, 0, 0, "INFER: repetitions out of range");
+        return;
+    }
+    for (uint32_t r = 0; r < reps; r++) {
+        for (uint32_t i = 0, base = 0; i < MODEL_NUM_INPUTS; base += model_inputs[i].bytes, i++) {
+            memcpy(arena + model_inputs[i].offset, inputs_copy + base, model_inputs[i].bytes);
+        }
+        uint64_t t0 = board_counter_read();
+        model_run(arena);
+        counts[r] = board_counter_read() - t0;
+    }
+    put32(tx, reps);
+    put32(tx + 4, peak_stack());
+    put32(tx + 8, arena_high_water());
+    for (uint32_t r = 0; r < reps; r++) {
+        put32(tx + 12 + 8 * r, (uint32_t)counts[r]);
+        put32(tx + 16 + 8 * r, (uint32_t)(counts[r] >> 32));
+    }
+    proto_send(MSG_STATS, f->seq, tx, (uint16_t)(12 + 8 * reps));
+}
+
+static void get_output(const frame_t *f)
+{
+    if (f->length < 7 || f->payload[0] >= MODEL_NUM_OUTPUTS) {
+        proto_error(f->seq, ERR_BAD_REQUEST, 0, 0, 0, 0, "GET_OUTPUT: bad index or length");
+        return;
+    }
+    const model_tensor_t *t = &model_outputs[f->payload[0]];
+    uint32_t off = get32(f->payload + 1), n = (uint32_t)f->payload[5] | ((uint32_t)f->payload[6] << 8);
+    if (off > t->bytes || n > t->bytes - off || n > PROTO_MAX_PAYLOAD - 5u) {
+        proto_error(f->seq, ERR_OUT_OF_RANGE, off, n, t->bytes, 0, "GET_OUTPUT: chunk outside the output");
+        return;
+    }
+    tx[0] = f->payload[0];
+    put32(tx + 1, off);
+    memcpy(tx + 5, arena + t->offset + off, n);
+    proto_send(MSG_OUTPUT, f->seq, tx, (uint16_t)(5 + n));
+}
+
+void runtime_fault(uint32_t pc, uint32_t lr, uint32_t cfsr, uint32_t kind)
+{
+    static const char *const names[] = {"fault", "HardFault", "MemManage", "BusFault", "UsageFault", "unexpected IRQ"};
+    proto_error(0, ERR_FAULT, pc, lr, cfsr, kind, names[kind < 6 ? kind : 0]);
+}
+
+int main(void)
+{
+    paint_stack();
+    board_init();
+    memset(arena, ARENA_PAINT, sizeof arena);
+    send_hello(0);
+    for (;;) {
+        int err = proto_read(&rx);
+        if (err) {
+            proto_error(rx.seq, (uint16_t)err, 0, 0, 0, 0, err == ERR_BAD_CRC ? "bad CRC" : "frame too long");
+            continue;
+        }
+        switch (rx.type) {
+        case MSG_HELLO_REQ: send_hello(rx.seq); break;
+        case MSG_SET_INPUT: set_input(&rx); break;
+        case MSG_INFER: infer(&rx); break;
+        case MSG_GET_OUTPUT: get_output(&rx); break;
+        default: proto_error(rx.seq, ERR_BAD_REQUEST, rx.type, 0, 0, 0, "unknown request"); break;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+#include "protocol.h"
+
+#include <string.h>
+
+#include "board.h"
+
+uint32_t proto_crc32(uint32_t crc, const uint8_t *p, uint32_t n)
+{
+    /* Bitwise CRC-32 (IEEE, reflected): no table, so no 1 KiB of flash; frames are short. */
+    crc = ~crc;
+    for (uint32_t i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (int k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+        }
+    }
+    return ~crc;
+}
+
+int proto_read(frame_t *f)
+{
+    uint8_t head[4];
+    for (;;) { /* resynchronise on the marker: garbage between frames is skipped */
+        if (board_uart_getc() != 0xA5) {
+            continue;
+        }
+        int c = board_uart_getc();
+        while (c == 0xA5) {
+            c = board_uart_getc();
+        }
+        if (c == 0x5A) {
+            break;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        head[i] = (uint8_t)board_uart_getc();
+    }
+    f->type = head[0];
+    f->seq = head[1];
+    f->length = (uint16_t)(head[2] | (head[3] << 8));
+    if (f->length > PROTO_MAX_PAYLOAD) {
+        return ERR_TOO_LONG;
+    }
+    for (uint32_t i = 0; i < f->length; i++) {
+        f->payload[i] = (uint8_t)board_uart_getc();
+    }
+    uint32_t want = 0;
+    for (int i = 0; i < 4; i++) {
+        want |= (uint32_t)board_uart_getc() << (8 * i);
+    }
+    uint32_t crc = proto_crc32(0, head, 4);
+    crc = proto_crc32(crc, f->payload, f->length);
+    return crc == want ? 0 : ERR_BAD_CRC;
+}
+
+void proto_send(uint8_t type, uint8_t seq, const uint8_t *payload, uint16_t length)
+{
+    uint8_t head[6] = {0xA5, 0x5A, type, seq, (uint8_t)length, (uint8_t)(length >> 8)};
+    uint32_t crc = proto_crc32(0, head + 2, 4);
+    crc = proto_crc32(crc, payload, length);
+    uint8_t tail[4] = {(uint8_t)crc, (uint8_t)(crc >> 8), (uint8_t)(crc >> 16), (uint8_t)(crc >> 24)};
+    board_uart_write(head, 6);
+    board_uart_write(payload, length);
+    board_uart_write(tail, 4);
+}
+
+void proto_error(uint8_t seq, uint16_t code, uint32_t a, uint32_t b, uint32_t c, uint32_t d, const char *msg)
+{
+    uint8_t p[18 + 96];
+    uint32_t words[4] = {a, b, c, d};
+    p[0] = (uint8_t)code;
+    p[1] = (uint8_t)(code >> 8);
+    for (int w = 0; w < 4; w++) {
+        for (int i = 0; i < 4; i++) {
+            p[2 + 4 * w + i] = (uint8_t)(words[w] >> (8 * i));
+        }
+    }
+    uint32_t n = (uint32_t)strlen(msg);
+    if (n > 96) {
+        n = 96;
+    }
+    memcpy(p + 18, msg, n);
+    proto_send(MSG_ERROR, seq, p, (uint16_t)(18 + n));
+}

@@ -1,0 +1,44 @@
+/* Framed messages over the UART (the layout is documented in harness/protocol.py):
+ *   0xA5 0x5A | type u8 | seq u8 | length u16 LE | payload | CRC-32 LE over type..payload */
+#ifndef PROTOCOL_H
+#define PROTOCOL_H
+
+#include <stdint.h>
+
+#define PROTO_VERSION 1u
+#define PROTO_MAX_PAYLOAD 1100u
+
+enum {
+    MSG_HELLO_REQ = 0x01,
+    MSG_SET_INPUT = 0x02,
+    MSG_INFER = 0x03,
+    MSG_GET_OUTPUT = 0x04,
+    MSG_HELLO = 0x81,
+    MSG_ACK = 0x82,
+    MSG_STATS = 0x83,
+    MSG_OUTPUT = 0x84,
+    MSG_ERROR = 0xEE,
+};
+
+enum {
+    ERR_BAD_CRC = 1,
+    ERR_BAD_REQUEST = 2,
+    ERR_OUT_OF_RANGE = 3,
+    ERR_FAULT = 4,
+    ERR_TOO_LONG = 5,
+};
+
+typedef struct {
+    uint8_t type;
+    uint8_t seq;
+    uint16_t length;
+    uint8_t payload[PROTO_MAX_PAYLOAD];
+} frame_t;
+
+uint32_t proto_crc32(uint32_t crc, const uint8_t *p, uint32_t n);
+/* Blocks for the next frame. Returns 0, or an ERR_* code (the frame's seq is still filled in). */
+int proto_read(frame_t *f);
+void proto_send(uint8_t type, uint8_t seq, const uint8_t *payload, uint16_t length);
+void proto_error(uint8_t seq, uint16_t code, uint32_t a, uint32_t b, uint32_t c, uint32_t d, const char *msg);
+
+#endif

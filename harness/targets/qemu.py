@@ -1,0 +1,137 @@
+"""The QEMU target: the board's QEMU machine under `-icount shift=0` (deterministic instruction counts),
+its UART on a loopback TCP socket opened with pyserial's `socket://` URL, the same code path as a real
+serial port. The QEMU process is always reaped, and its stderr and exit status go into any error."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import serial
+
+from harness.boards import Board
+from harness.errors import TargetError
+from harness.protocol import Device, Hello
+
+STARTUP_TIMEOUT = 20.0
+
+
+@functools.cache
+def qemu_version() -> str | None:
+    if shutil.which("qemu-system-arm") is None:
+        return None
+    out = subprocess.run(["qemu-system-arm", "--version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QemuSession:
+    def __init__(self, board: Board, elf: Path, timeout: float, startup_timeout: float = STARTUP_TIMEOUT) -> None:
+        self.board = board
+        self.machine = board.qemu_machine
+        self.proc: subprocess.Popen | None = None
+        self.port = None
+        self._stderr = tempfile.TemporaryFile()
+        self.describe = f"QEMU {self.machine.machine} running {Path(elf).name}"
+        for attempt in range(3):  # another process may take the free port between our probe and QEMU's bind
+            tcp = _free_port()
+            self.proc = subprocess.Popen(
+                [
+                    "qemu-system-arm",
+                    "-M",
+                    self.machine.machine,
+                    "-display",
+                    "none",
+                    "-monitor",
+                    "none",
+                    "-icount",
+                    "shift=0",
+                    "-semihosting-config",
+                    "enable=on,target=native",
+                    "-serial",
+                    f"tcp:127.0.0.1:{tcp},server=on,wait=on,nodelay=on",
+                    "-kernel",
+                    str(elf),
+                ],  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+            )
+            try:
+                self.port = self._connect(tcp, startup_timeout)
+                break
+            except TargetError:
+                if self.proc.poll() is None or attempt == 2:
+                    self.close()
+                    raise
+        self.device = Device(self.port, timeout=timeout, describe=self.describe)
+        try:
+            self.hello: Hello = self.device.wait_hello(startup_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, tcp: int, startup_timeout: float):
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise TargetError(f"{self.describe} exited at start ({self.proc.returncode}): {self.stderr()}")
+            try:
+                return serial.serial_for_url(f"socket://127.0.0.1:{tcp}", timeout=0.5)
+            except serial.SerialException as e:
+                if time.monotonic() > deadline:
+                    raise TargetError(f"{self.describe}: its UART socket never opened: {e}") from e
+                time.sleep(0.05)
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return text[-2000:] or "(nothing on stderr)"
+
+    def close(self) -> None:
+        if self.port is not None:
+            try:
+                self.port.close()
+            except OSError:
+                pass
+            self.port = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> QemuSession:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        exited = self.proc is not None and self.proc.poll() is not None
+        self.close()
+        if isinstance(exc, TargetError) and exited:
+            raise TargetError(f"{exc}; QEMU exited with status {self.proc.returncode}: {self.stderr()}") from exc
+
+
+class QemuTarget:
+    kind = "qemu"
+
+    def __init__(self, board: Board) -> None:
+        if shutil.which("qemu-system-arm") is None:
+            raise TargetError("qemu-system-arm is not installed (apt install qemu-system-arm)")
+        self.board = board
+
+    def open(self, build, timeout: float = 120.0) -> QemuSession:
+        if not build.qemu:
+            raise TargetError(f"{build.elf} was built for the board, not for its QEMU fallback")
+        return QemuSession(self.board, build.elf, timeout)
