@@ -58,9 +58,7 @@ def model_digest(graph) -> str:
 def random_inputs(specs, count: int, seed: int) -> list[list[np.ndarray]]:
     """`count` sets of uniformly random int8 inputs (seeded: the same every run, so counts compare)."""
     rng = np.random.default_rng(seed)
-    return [
-        [rng.integers(-128, 128, size=tuple(s.shape), dtype=np.int8) for s in specs] for _ in range(count)
-    ]
+    return [[rng.integers(-128, 128, size=tuple(s.shape), dtype=np.int8) for s in specs] for _ in range(count)]
 
 
 def first_difference(got: np.ndarray, want: np.ndarray) -> str:
@@ -151,7 +149,7 @@ class Runner:
             dev.infer(warmup)
         stats = dev.infer(repetitions)
         outputs = [
-            np.frombuffer(dev.get_output(j), dtype=np.int8).reshape(tuple(s.shape))
+            np.frombuffer(dev.get_output(j, s.bytes), dtype=np.int8).reshape(tuple(s.shape))
             for j, s in enumerate(specs)
         ]
         return outputs, RunStats([int(c) for c in stats.counts], stats.peak_stack, stats.arena_high_water)
@@ -182,13 +180,14 @@ def prepare(
         from harness.build import build_firmware
 
         step("building firmware")
-        build = build_firmware(work / "model", board, qemu=(kind == "qemu"), opt=opt, cache_dir=work / "fw")
+        build = build_firmware(
+            work / "model", board, qemu=(kind == "qemu"), opt=opt, cache_dir=work / "fw",
+            input_bytes=sum(s.bytes for s in cg.inputs),
+        )  # fmt: skip
     return Engine(board, graph, interior, cg, build, tgt, kind, desc, digest, work)
 
 
-def run_bench(
-    opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambda *_a, **_k: None
-) -> dict[str, Any]:
+def run_bench(opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambda *_a, **_k: None) -> dict[str, Any]:
     """Run one benchmark and return its record (also appended to the results store)."""
     from harness.boards import get_board
     from harness.zoo import resolve_model
@@ -258,9 +257,7 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
     record["inputs"] = total
     record["repetitions"] = opts.repetitions
     record["figures"] = (
-        None
-        if hello is None
-        else figures(board, hello, engine.build, engine.codegen, counts, peak_stack, arena_hw)
+        None if hello is None else figures(board, hello, engine.build, engine.codegen, counts, peak_stack, arena_hw)
     )
 
 
@@ -314,6 +311,7 @@ def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_h
         "arena_high_water_bytes": arena_hw,
         "peak_stack_bytes": peak_stack,
         "static_ram_bytes": static_ram,
+        "harness_ram_bytes": build.harness,
         "peak_sram_bytes": peak_sram,
         "weight_bytes": cg.weight_bytes,
         "code_bytes": flash - cg.weight_bytes,

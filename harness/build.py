@@ -184,7 +184,7 @@ def build_firmware(
     headers = sorted(model_dir.glob("*.h")) + sorted(FIRMWARE.glob("*/*.h"))
     cflags = [
         *cpu_flags(board), opt, "-g", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter",
-        "-ffunction-sections", "-fdata-sections", "-ffreestanding", f"-DHARNESS_INPUT_BYTES={max(4, input_bytes)}u",
+        "-ffunction-sections", "-fdata-sections", f"-DHARNESS_INPUT_BYTES={max(4, input_bytes)}u",
         *extra_cflags,
     ]  # fmt: skip
     versions = toolchain_versions()
