@@ -191,7 +191,8 @@ def test_fully_connected_batches_and_no_bias(table, tmp_path):
 
 
 @pytest.mark.parametrize("shape2", [(1, 5, 6, 7), (1, 1, 1, 7), (1, 5, 1, 7)])
-def test_add_general_rescaling_and_broadcast(shape2, table, tmp_path):
+@pytest.mark.parametrize("in1_rq,fast", [((1518500250, -1), 1), ((1073741824, 0), 1), ((1073741824, 1), 0)])
+def test_add_general_rescaling_and_broadcast(shape2, in1_rq, fast, table, tmp_path):
     rng = np.random.default_rng(2)
     tensors = [
         Tensor("a", (1, 5, 6, 7), "int8", q(0.05, 3)),
@@ -200,9 +201,10 @@ def test_add_general_rescaling_and_broadcast(shape2, table, tmp_path):
     ]
     op = Op("ADD", [0, 1], [2], {}, name="add")
     g = Graph("add", tensors, [op], [0, 1], [2])
-    p = P.AddParams(-3, 9, 1, 20, 1518500250, -1, 1908874354, -2, 1431655765, -19, -120, 100)
+    p = P.AddParams(-3, 9, 1, 20, *in1_rq, 1908874354, -2, 1431655765, -19, -120, 100)
     table.by_op[id(op)] = p
     host = HostModel(g, cache_dir=tmp_path)
+    assert f".fast = {fast}" in (host.codegen.out_dir / "model.c").read_text()
     a = rng.integers(-128, 128, size=(1, 5, 6, 7), dtype=np.int8)
     b = rng.integers(-128, 128, size=shape2, dtype=np.int8)
     sa = mbqm((a.astype(I32) + p.input1_offset) << p.left_shift, p.input1_multiplier, p.input1_shift)
@@ -318,8 +320,10 @@ def test_softmax_is_within_one_step_of_the_real_softmax(scale, table, tmp_path):
 
 @pytest.mark.parametrize("kind", ["CONV_2D", "DEPTHWISE_CONV_2D"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_requantization_with_non_negative_shifts_takes_the_general_path(kind, k, table, tmp_path):
-    """Shifts of 0 and +1 rule out tk_mbqm_fast: the general double-rounding path must match too."""
+@pytest.mark.parametrize("shifts,fast", [((0, 1), 0), ((0, -1), 0), ((-1, -2), 1)])
+def test_requantization_paths_with_small_shifts(kind, k, shifts, fast, table, tmp_path):
+    """Shifts of 0 or +1 rule out tk_mbqm_fast (the general double-rounding path runs); shifts of -1
+    and -2 take the fast path. Both must match TFLite's arithmetic."""
     rng = np.random.default_rng(k)
     dw = kind == "DEPTHWISE_CONV_2D"
     c = 8
@@ -334,12 +338,12 @@ def test_requantization_with_non_negative_shifts_takes_the_general_path(kind, k,
     op = Op(kind, [0, 1, 2], [3], {}, name="conv")
     g = Graph("general_rq", tensors, [op], [0], [3])
     mult = rng.integers(2**22, 2**24, size=c)
-    shift = np.array([0, 1] * (c // 2))
+    shift = np.array(list(shifts) * (c // 2))
     pad = (k - 1) // 2
     p = P.ConvParams(2, 1, mult, shift, -128, 127, (1, 1), (1, 1), (pad, pad), 1)
     table.by_op[id(op)] = p
     cg_host = HostModel(g, cache_dir=tmp_path)
-    assert ".fast = 0" in (cg_host.codegen.out_dir / "model.c").read_text()
+    assert f".fast = {fast}" in (cg_host.codegen.out_dir / "model.c").read_text()
     x = rng.integers(-128, 128, size=(1, 5, 5, c), dtype=np.int8)
     want = conv_ref(x, w, tensors[2].data, p, (5, 5), dw)
     assert len(np.unique(want)) > 3

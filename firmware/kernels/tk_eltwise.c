@@ -7,13 +7,19 @@
 
 static inline int8_t tk_add1(const tk_add_t *p, int32_t a, int32_t b)
 {
-    const int32_t sa = tk_mbqm((int32_t)((uint32_t)(a + p->input1_offset) << p->left_shift), p->input1_mult,
-                               p->input1_shift);
-    const int32_t sb = tk_mbqm((int32_t)((uint32_t)(b + p->input2_offset) << p->left_shift), p->input2_mult,
-                               p->input2_shift);
-    const int32_t sum = tk_wrap_add(sa, sb);
-    const int32_t r = tk_mbqm(sum, p->output_mult, p->output_shift) + p->output_offset;
-    return (int8_t)tk_clamp(r, p->act_min, p->act_max);
+    const int32_t xa = (int32_t)((uint32_t)(a + p->input1_offset) << p->left_shift);
+    const int32_t xb = (int32_t)((uint32_t)(b + p->input2_offset) << p->left_shift);
+    int32_t r;
+    if (p->fast) {
+        const int32_t sum = tk_mbqm_fast0(xa, p->input1_mult, p->input1_shift) +
+                            tk_mbqm_fast0(xb, p->input2_mult, p->input2_shift);
+        r = tk_mbqm_fast0(sum, p->output_mult, p->output_shift);
+    } else {
+        const int32_t sum = tk_wrap_add(tk_mbqm(xa, p->input1_mult, p->input1_shift),
+                                        tk_mbqm(xb, p->input2_mult, p->input2_shift));
+        r = tk_mbqm(sum, p->output_mult, p->output_shift);
+    }
+    return (int8_t)tk_clamp(r + p->output_offset, p->act_min, p->act_max);
 }
 
 void tk_add(const tk_add_t *p, const int8_t *in1, const int8_t *in2, int8_t *out)

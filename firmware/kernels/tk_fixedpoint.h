@@ -50,19 +50,32 @@ static inline int32_t tk_mbqm_single(int32_t x, int32_t multiplier, int32_t shif
     return (int32_t)(((int64_t)x * (int64_t)multiplier + round) >> total);
 }
 
-/* tk_mbqm for shift <= -1 and |x| < 2^30 (the code generator proves both per layer). Then
- * SRDHM(x, m) = (2x * m + 2^31) >> 32, one SMMULR on a DSP core, and RoundingDivideByPOT(y, e) =
- * (y + 2^(e-1) - (y < 0)) >> e without overflow. Same results as tk_mbqm, fewer instructions. */
+/* SRDHM(x, m) for |x| < 2^30: (2x * m + 2^31) >> 32, one SMMULR on a DSP core. */
+static inline int32_t tk_srdhm_small(int32_t x, int32_t multiplier)
+{
+#if defined(__ARM_FEATURE_DSP)
+    int32_t y;
+    __asm__("smmulr %0, %1, %2" : "=r"(y) : "r"(x * 2), "r"(multiplier));
+    return y;
+#else
+    return (int32_t)(((int64_t)x * (int64_t)multiplier + ((int64_t)1 << 30)) >> 31);
+#endif
+}
+
+/* tk_mbqm for shift <= -1 and |x| < 2^30 (the code generator proves both per layer): then
+ * RoundingDivideByPOT(y, e) = (y + 2^(e-1) - (y < 0)) >> e without overflow. Same results as tk_mbqm,
+ * fewer instructions. */
 static inline int32_t tk_mbqm_fast(int32_t x, int32_t multiplier, int32_t shift)
 {
-    int32_t y;
-#if defined(__ARM_FEATURE_DSP)
-    __asm__("smmulr %0, %1, %2" : "=r"(y) : "r"(x * 2), "r"(multiplier));
-#else
-    y = (int32_t)(((int64_t)x * (int64_t)multiplier + ((int64_t)1 << 30)) >> 31);
-#endif
+    const int32_t y = tk_srdhm_small(x, multiplier);
     const int e = (int)-shift;
     return (y + (int32_t)(((uint32_t)1) << (e - 1)) - (y < 0 ? 1 : 0)) >> e;
+}
+
+/* As tk_mbqm_fast, also for shift == 0 (ADD's larger-scale input has multiplier 0.5, shift 0). */
+static inline int32_t tk_mbqm_fast0(int32_t x, int32_t multiplier, int32_t shift)
+{
+    return shift == 0 ? tk_srdhm_small(x, multiplier) : tk_mbqm_fast(x, multiplier, shift);
 }
 
 static inline int32_t tk_clamp(int32_t x, int32_t lo, int32_t hi)

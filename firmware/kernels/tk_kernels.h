@@ -71,6 +71,7 @@ typedef struct {
     int32_t input1_offset, input2_offset, output_offset, left_shift;
     int32_t input1_mult, input1_shift, input2_mult, input2_shift, output_mult, output_shift;
     int32_t act_min, act_max;
+    int32_t fast; /* all three shifts <= 0: tk_mbqm_fast0 applies (|inputs| < 2^28, |sum| < 2^29) */
 } tk_add_t;
 
 void tk_add(const tk_add_t *p, const int8_t *in1, const int8_t *in2, int8_t *out);

@@ -273,6 +273,9 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
     out4 = (1,) * (4 - len(y.shape)) + tuple(y.shape)
     flat = int(tuple(s1) == tuple(y.shape) and tuple(s2) == tuple(y.shape))
     st1, st2 = _strides4(s1, out4), _strides4(s2, out4)
+    # tk_mbqm_fast0 needs shift <= 0 and |x| < 2^30: (int8 + offset) << left_shift stays below 2^28 for
+    # left_shift <= 20, each rescaled input below it too, so their sum is below 2^29.
+    fast = p.left_shift <= 20 and max(p.input1_shift, p.input2_shift, p.output_shift) <= 0
     decls = [
         f"static const tk_add_t {ident} = {{\n"
         f"    .flat = {flat}, .size = {y.size}, .dims = {{{', '.join(map(str, out4))}}},\n"
@@ -282,7 +285,7 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         f"    .input1_mult = {c_int(p.input1_multiplier)}, .input1_shift = {c_int(p.input1_shift)}, "
         f".input2_mult = {c_int(p.input2_multiplier)}, .input2_shift = {c_int(p.input2_shift)},\n"
         f"    .output_mult = {c_int(p.output_multiplier)}, .output_shift = {c_int(p.output_shift)}, "
-        f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}\n}};\n"
+        f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}, .fast = {int(fast)}\n}};\n"
     ]
     return _Layer(decls, [f"tk_add(&{ident}, {a[0]}, {a[1]}, {out});"], 0)
 
