@@ -45,7 +45,6 @@ _PAD_CODES = {v: k for k, v in _PAD_NAMES.items()}
 # Float tensors may appear only at the model's edges: a QUANTIZE reading a float input, a DEQUANTIZE
 # writing a float output.
 _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
-_END_VECTOR_COUNTS = flatbuffers.Builder.EndVector.__code__.co_argcount == 1
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -438,8 +437,7 @@ def _buffer(b: flatbuffers.Builder, data: np.ndarray | None) -> int:
 
 
 def _end(b: flatbuffers.Builder, n: int) -> int:
-    # flatbuffers >= 2 counts the elements itself; older releases take the count.
-    return b.EndVector() if _END_VECTOR_COUNTS else b.EndVector(n)
+    return b.EndVector()  # flatbuffers >= 2 counts the elements itself
 
 
 def _vector(b: flatbuffers.Builder, start, offsets: list[int]) -> int:

@@ -1,0 +1,194 @@
+"""The host side of the protocol over a socket pair, against a peer that speaks the device's side and can
+damage, drop, duplicate or withhold frames. (The real firmware speaks it on QEMU in test_qemu.py.)"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import zlib
+
+import pytest
+
+from harness import protocol as P
+from harness.errors import ProtocolError, TargetError
+
+
+class SocketPort:
+    """The slice of pyserial's interface Device uses, over a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.timeout = 1.0
+        self.in_waiting = 0
+
+    def read(self, n: int) -> bytes:
+        self.sock.settimeout(self.timeout)
+        try:
+            return self.sock.recv(n)
+        except TimeoutError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def hello_payload() -> bytes:
+    p = struct.pack("<5I", P.VERSION, 25_000_000, 2048, 8192, 1000)
+    for s in ("stub", "cortex-m4", "qemu-icount", "abc", "stub_plus_one"):
+        p += bytes([len(s)]) + s.encode()
+    p += bytes([1, 1])
+    p += struct.pack("<IIfiB4i", 0, 1000, 0.5, -3, 2, 1, 1000, 0, 0)
+    p += struct.pack("<IIfiB4i", 1024, 1000, 0.5, -2, 2, 1, 1000, 0, 0)
+    return p
+
+
+class Peer(threading.Thread):
+    """Plays the device: input + 1, with `damage` deciding what happens to each answer."""
+
+    def __init__(self, sock, damage=lambda n, frame: frame) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.damage, self.n = sock, damage, 0
+        self.inp = bytearray(1000)
+        self.requests: list[int] = []
+
+    def send(self, kind, seq, payload):
+        frame = self.damage(self.n, P.encode(kind, seq, payload))
+        self.n += 1
+        if frame:
+            self.sock.sendall(frame)
+
+    def run(self):
+        buf = bytearray()
+        self.send(P.HELLO, 0, hello_payload())
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while (i := buf.find(P.SYNC)) >= 0 and len(buf) >= i + 10:
+                kind, seq, n = struct.unpack_from("<BBH", buf, i + 2)
+                if len(buf) < i + 10 + n:
+                    break
+                body = bytes(buf[i + 2 : i + 6 + n])
+                ok = zlib.crc32(body) == struct.unpack_from("<I", buf, i + 6 + n)[0]
+                del buf[: i + 10 + n]
+                p = body[4:]
+                self.requests.append(kind)
+                if not ok:
+                    self.send(P.ERROR, seq, struct.pack("<H4I", P.ERR_BAD_CRC, 0, 0, 0, 0) + b"bad CRC")
+                elif kind == P.HELLO_REQ:
+                    self.send(P.HELLO, seq, hello_payload())
+                elif kind == P.SET_INPUT:
+                    _, off = struct.unpack_from("<BI", p)
+                    self.inp[off : off + len(p) - 5] = p[5:]
+                    self.send(P.ACK, seq, bytes([P.SET_INPUT]))
+                elif kind == P.INFER:
+                    (reps,) = struct.unpack_from("<I", p)
+                    self.send(P.STATS, seq, struct.pack("<3I", reps, 300, 2024) + struct.pack(f"<{reps}Q", *[77] * reps))
+                elif kind == P.GET_OUTPUT:
+                    _, off, n = struct.unpack_from("<BIH", p)
+                    out = bytes((b + 1) & 0xFF for b in self.inp[off : off + n])
+                    self.send(P.OUTPUT, seq, struct.pack("<BI", 0, off) + out)
+
+
+def connect(damage=lambda n, f: f, timeout=2.0):
+    host, dev = socket.socketpair()
+    peer = Peer(dev, damage)
+    peer.start()
+    return P.Device(SocketPort(host), timeout=timeout, retries=3, describe="test device"), peer
+
+
+def exchange(device):
+    hello = device.wait_hello(2.0)
+    assert hello.model == "stub_plus_one" and hello.inputs[0].bytes == 1000 and hello.outputs[0].offset == 1024
+    data = bytes(range(256)) * 3 + bytes(232)
+    device.set_input(0, data)
+    stats = device.infer(3)
+    assert stats.counts == [77, 77, 77] and stats.peak_stack == 300
+    assert device.get_output(0, 1000) == bytes((b + 1) & 0xFF for b in data)
+
+
+def test_clean_exchange():
+    device, _ = connect()
+    exchange(device)
+
+
+def test_garbage_between_frames_is_skipped():
+    device, _ = connect(lambda n, f: b"\x00\xa5garbage\xa5" + f)
+    exchange(device)
+
+
+def test_corrupted_answers_are_retried():
+    seen = set()
+
+    def flip(n, f):  # damage the first ACK and the first OUTPUT: both requests are safe to send again
+        if f[2] in (P.ACK, P.OUTPUT) and f[2] not in seen:
+            seen.add(f[2])
+            f = bytearray(f)
+            f[len(f) // 2] ^= 0xFF
+            return bytes(f)
+        return f
+
+    device, peer = connect(flip)
+    exchange(device)
+    assert peer.requests.count(P.SET_INPUT) == 2 and peer.requests.count(P.GET_OUTPUT) == 2
+
+
+def test_dropped_answers_are_retried():
+    device, peer = connect(lambda n, f: b"" if n == 1 else f, timeout=0.5)  # the SET_INPUT's ACK is lost
+    exchange(device)
+    assert peer.requests.count(P.SET_INPUT) == 2
+
+
+def test_lost_inference_answer_is_not_rerun():
+    device, peer = connect(lambda n, f: b"" if f[2] == P.STATS else f, timeout=0.5)
+    device.wait_hello(2.0)
+    with pytest.raises(TargetError):
+        device.infer(2)
+    assert peer.requests.count(P.INFER) == 1  # a timed run is never silently repeated
+
+
+def test_duplicated_answers_are_ignored():
+    device, _ = connect(lambda n, f: f + f)
+    exchange(device)
+
+
+def test_silent_device_times_out_with_what_was_received():
+    host, dev = socket.socketpair()
+    dev.sendall(b"\x01\x02\x03")  # a few stray bytes, then silence
+    device = P.Device(SocketPort(host), timeout=0.3, retries=1, describe="silent board")
+    t0 = time.monotonic()
+    with pytest.raises(TargetError) as e:
+        device.hello()
+    assert time.monotonic() - t0 < 3
+    assert "silent board" in str(e.value) and "01 02 03" in str(e.value)
+
+
+def test_fault_report_becomes_an_error_with_the_pc():
+    host, dev = socket.socketpair()
+    device = P.Device(SocketPort(host), timeout=1.0, describe="board")
+    dev.sendall(P.encode(P.ERROR, 0, struct.pack("<H4I", P.ERR_FAULT, 0x1234, 0x5678, 0x400, 2) + b"MemManage"))
+    with pytest.raises(TargetError, match="MemManage at PC 0x00001234"):
+        device.infer(1)
+
+
+def test_refused_request_is_not_retried():
+    host, dev = socket.socketpair()
+    device = P.Device(SocketPort(host), timeout=1.0, describe="board")
+    dev.sendall(P.encode(P.ERROR, 1, struct.pack("<H4I", P.ERR_OUT_OF_RANGE, 5, 6, 7, 0) + b"outside the input"))
+    with pytest.raises(ProtocolError, match="outside the input"):
+        device.set_input(0, b"x")
+
+
+def test_repetitions_are_bounded():
+    host, _ = socket.socketpair()
+    with pytest.raises(ProtocolError, match="1..120"):
+        P.Device(SocketPort(host)).infer(0)
