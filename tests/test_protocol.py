@@ -92,7 +92,9 @@ class Peer(threading.Thread):
                     self.send(P.ACK, seq, bytes([P.SET_INPUT]))
                 elif kind == P.INFER:
                     (reps,) = struct.unpack_from("<I", p)
-                    self.send(P.STATS, seq, struct.pack("<3I", reps, 300, 2024) + struct.pack(f"<{reps}Q", *[77] * reps))
+                    self.send(
+                        P.STATS, seq, struct.pack("<3I", reps, 300, 2024) + struct.pack(f"<{reps}Q", *[77] * reps)
+                    )
                 elif kind == P.GET_OUTPUT:
                     _, off, n = struct.unpack_from("<BIH", p)
                     out = bytes((b + 1) & 0xFF for b in self.inp[off : off + n])
