@@ -156,8 +156,7 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(
             (
                 f"{lat['unit']} per inference",
-                f"median {lat['median']:,.0f} (min {lat['min']:,}, p95 {lat['p95']:,.0f}, "
-                f"max {lat['max']:,})",
+                f"median {lat['median']:,.0f} (min {lat['min']:,}, p95 {lat['p95']:,.0f}, max {lat['max']:,})",
                 lat["note"],
             )
         )
@@ -253,9 +252,7 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
         parts.append(f"<h2>{titles.get(name, name)}</h2>")
         if name == "latency":
             parts.append(f'<p class="note">{e(f["latency"]["note"])}</p>')
-        parts.append(
-            f'<img id="plot-{name}" alt="{e(titles.get(name, name))}" src="data:image/png;base64,{b64}">'
-        )
+        parts.append(f'<img id="plot-{name}" alt="{e(titles.get(name, name))}" src="data:image/png;base64,{b64}">')
     if f.get("samples"):
         parts.append('<h2>Per class</h2><table class="per-class"><tr><th>class</th><th>samples</th>'
                      "<th>device top-1</th><th>host top-1</th></tr>")  # fmt: skip
@@ -308,17 +305,14 @@ def render_markdown(report: dict[str, Any], plot_names: list[str]) -> str:
         dis = f["disagreements"]
         lines.append("")
         if dis:
-            lines.append(
-                f"**{len(dis)} samples differ between device and host** (bit-exactness is the contract):"
-            )
+            lines.append(f"**{len(dis)} samples differ between device and host** (bit-exactness is the contract):")
             lines.append("")
             lines += [
                 "| sample | label | device top-1 | host top-1 | elements differing |",
                 "|---|---|---|---|---|",
             ]
             lines += [
-                f"| {d['i']} | {d['label']} | {d['device_top1']} | {d['host_top1']} "
-                f"| {d['elements_differing']} |"
+                f"| {d['i']} | {d['label']} | {d['device_top1']} | {d['host_top1']} | {d['elements_differing']} |"
                 for d in dis[:MAX_LISTED]
             ]
         else:

@@ -21,11 +21,7 @@ err_console = Console(stderr=True)
 
 
 def _print_json(data: Any) -> None:
-    print(
-        json.dumps(
-            data, indent=2, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)
-        )
-    )
+    print(json.dumps(data, indent=2, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]], justify_from: int = 1) -> Table:
@@ -171,16 +167,12 @@ def print_bench(r: dict[str, Any]) -> None:
         console.print(f"{r['model']} on {r['target_desc']}: outputs {verdict} over {r['inputs']} inputs")
         return
     unit = f["count_unit"]
-    table = Table(
-        title=f"{r['model']} on {r['board']} ({r['target_desc']})", title_justify="left", show_header=False
-    )
+    table = Table(title=f"{r['model']} on {r['board']} ({r['target_desc']})", title_justify="left", show_header=False)
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("note")
     c = f["count"]
-    table.add_row(
-        f"{unit} (min / median / max)", f"{c['min']:,} / {c['median']:,} / {c['max']:,}", f["count_note"]
-    )
+    table.add_row(f"{unit} (min / median / max)", f"{c['min']:,} / {c['median']:,} / {c['max']:,}", f["count_note"])
     table.add_row(
         f"MACs per {unit[:-1] if unit.endswith('s') else unit}",
         f"{f['macs_per_count']:.3f}",
@@ -198,9 +190,7 @@ def print_bench(r: dict[str, Any]) -> None:
         f"{f['arena_bytes']:,} B",
         f"high water painted on device: {f['arena_high_water_bytes']:,} B",
     )
-    table.add_row(
-        "flash", _kib(f["flash_bytes"]), f"code+data {f['code_bytes']:,} + weights {f['weight_bytes']:,} B"
-    )
+    table.add_row("flash", _kib(f["flash_bytes"]), f"code+data {f['code_bytes']:,} + weights {f['weight_bytes']:,} B")
     table.add_row(
         "fits the board",
         "yes" if f["fits"] else "NO",

@@ -28,9 +28,7 @@ def register(subparsers) -> None:
         help="auto: the board when a probe for it is attached, else its QEMU fallback",
     )
     a.add_argument("--limit", type=int, default=None, help="run only the first N samples")
-    a.add_argument(
-        "--jobs", "-j", type=int, default=1, help="parallel QEMU instances (QEMU and host targets)"
-    )
+    a.add_argument("--jobs", "-j", type=int, default=1, help="parallel QEMU instances (QEMU and host targets)")
     a.add_argument("--resume", metavar="RUN_ID", default=None, help="continue this interrupted run")
     a.add_argument(
         "--no-resume",
@@ -95,8 +93,7 @@ def print_report(report: dict[str, Any], console) -> None:
     from harness.accuracy_report import headline
 
     table = Table(
-        title=f"{report['model']} on {report['board']} ({report['target_desc']}), "
-        f"data set {report['dataset']}",
+        title=f"{report['model']} on {report['board']} ({report['target_desc']}), data set {report['dataset']}",
         title_justify="left",
         show_header=False,
     )
@@ -104,9 +101,7 @@ def print_report(report: dict[str, Any], console) -> None:
     table.add_column("value", justify="right")
     table.add_column("note")
     for a, b, c in headline(report):
-        style = (
-            "bold red" if a.startswith("device = host") and report["figures"].get("disagreements") else None
-        )
+        style = "bold red" if a.startswith("device = host") and report["figures"].get("disagreements") else None
         table.add_row(a, b, c, style=style)
     console.print(table)
     files = report.get("files") or {}

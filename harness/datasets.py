@@ -113,12 +113,8 @@ def digits_dataset() -> Dataset:
         from sklearn.model_selection import train_test_split
 
         d = load_digits()
-        _, x_test, _, y_test = train_test_split(
-            d.data, d.target, test_size=0.25, random_state=0, stratify=d.target
-        )
-        note = (
-            "scikit-learn digits, 25 % stratified held-out split (random_state 0): harness.zoo has no split"
-        )
+        _, x_test, _, y_test = train_test_split(d.data, d.target, test_size=0.25, random_state=0, stratify=d.target)
+        note = "scikit-learn digits, 25 % stratified held-out split (random_state 0): harness.zoo has no split"
     x_test = np.asarray(x_test, dtype=np.float32)
     samples = [s.reshape(8, 8) if s.size == 64 else s for s in x_test]
     return Dataset(
@@ -139,9 +135,7 @@ def load_npz(path: str | Path) -> Dataset:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
             if not {"x", "y"} <= files:
-                raise DatasetError(
-                    f"{path}: an .npz data set needs arrays 'x' and 'y'; it has {sorted(files)}"
-                )
+                raise DatasetError(f"{path}: an .npz data set needs arrays 'x' and 'y'; it has {sorted(files)}")
             x = np.asarray(z["x"])
             y = np.asarray(z["y"])
             classes = [str(c) for c in z["classes"]] if "classes" in files else None
@@ -314,9 +308,7 @@ def input_spec(graph) -> InputSpec:
     """The single int8 input of `graph` (after the float boundary, if any)."""
     interior, in_bps = _interior(graph)
     if len(interior.inputs) != 1:
-        raise DatasetError(
-            f"model {graph.name!r} has {len(interior.inputs)} inputs: accuracy runs need a single input"
-        )
+        raise DatasetError(f"model {graph.name!r} has {len(interior.inputs)} inputs: accuracy runs need a single input")
     t = interior.tensors[interior.inputs[0]]
     if t.quant is None:
         raise DatasetError(f"model input {t.name!r} has no quantization parameters")
@@ -327,8 +319,7 @@ def output_size(graph) -> int:
     interior, _ = _interior(graph)
     if len(interior.outputs) != 1:
         raise DatasetError(
-            f"model {graph.name!r} has {len(interior.outputs)} outputs: accuracy runs need one output "
-            "of class scores"
+            f"model {graph.name!r} has {len(interior.outputs)} outputs: accuracy runs need one output of class scores"
         )
     return interior.tensors[interior.outputs[0]].size
 
@@ -445,9 +436,7 @@ def fit_to_model(
         how = "sample values used as the model's real input"
     elif mapping == "auto":
         lo_hi = (real_lo, real_hi)
-        how = (
-            f"{ds.value_range[0]:g}..{ds.value_range[1]:g} stretched to the input's {real_lo:g}..{real_hi:g}"
-        )
+        how = f"{ds.value_range[0]:g}..{ds.value_range[1]:g} stretched to the input's {real_lo:g}..{real_hi:g}"
     elif isinstance(mapping, tuple):
         lo_hi = mapping
         how = f"{ds.value_range[0]:g}..{ds.value_range[1]:g} stretched to {mapping[0]:g}..{mapping[1]:g}"

@@ -23,9 +23,7 @@ from harness.datasets import fit_to_model, input_spec, load_dataset
 from harness.errors import HarnessError, TargetError
 from harness.model.ir import Graph, Op, Quant, Tensor
 
-BOARD = SimpleNamespace(
-    name="fake-f746", clock_hz=216_000_000, qemu_machine=SimpleNamespace(icount_per_tick=40)
-)
+BOARD = SimpleNamespace(name="fake-f746", clock_hz=216_000_000, qemu_machine=SimpleNamespace(icount_per_tick=40))
 QEMU_COUNTING = Counting.of(BOARD, SimpleNamespace(counter_source="qemu-icount"))
 
 
@@ -340,9 +338,7 @@ def test_mismatched_dataset_fails_before_the_engine(tmp_path):
     np.savez(tmp_path / "cats.npz", x=np.zeros((3, 8, 8)), y=np.array([0, 1, 11]))
     engine = FakeEngine()
     with pytest.raises(HarnessError, match="only 10 outputs"):
-        run_accuracy(
-            BOARD, _graph(), str(tmp_path / "cats.npz"), engine=engine, results_dir=tmp_path, progress=False
-        )
+        run_accuracy(BOARD, _graph(), str(tmp_path / "cats.npz"), engine=engine, results_dir=tmp_path, progress=False)
     assert engine.opened == 0 and not (tmp_path / "reports").exists()
 
 

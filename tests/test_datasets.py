@@ -81,9 +81,7 @@ def test_folder_of_png_jpeg_pgm(tmp_path):
     (tmp_path / "notes.txt").write_text("not a class")
     # uniform images: whatever the resize, the pixel value is known exactly
     Image.fromarray(np.full((16, 16, 3), 255, np.uint8)).save(tmp_path / "cat" / "white.png")
-    Image.fromarray(np.full((12, 20, 3), (255, 0, 0), np.uint8)).save(
-        tmp_path / "cat" / "red.jpg", quality=100
-    )
+    Image.fromarray(np.full((12, 20, 3), (255, 0, 0), np.uint8)).save(tmp_path / "cat" / "red.jpg", quality=100)
     _write_pgm_p5(tmp_path / "dog" / "black.pgm", np.zeros((8, 8)))
     (tmp_path / "dog" / "gray.pgm").write_text("P2\n# ascii\n4 4\n15\n" + " ".join(["15"] * 16) + "\n")
     ds = load_dataset(tmp_path)
@@ -149,9 +147,7 @@ def test_parse_mapping():
 
 def _ds(samples, labels, classes=None) -> Dataset:
     labels = np.asarray(labels)
-    return Dataset(
-        "t", "npz", list(samples), labels, classes or [str(i) for i in range(labels.max() + 1)], (0, 255)
-    )
+    return Dataset("t", "npz", list(samples), labels, classes or [str(i) for i in range(labels.max() + 1)], (0, 255))
 
 
 def test_mismatched_datasets_are_refused_before_running(tmp_path):

@@ -55,9 +55,7 @@ def quantize_input(x: np.ndarray, bp: BoundaryParams | None) -> np.ndarray:
         return np.asarray(x, dtype=np.int8)
     scaled = np.asarray(x, dtype=np.float32) / np.float32(bp.scale)
     q = np.round(np.abs(scaled)) * np.sign(scaled)  # np.round is half-to-even; TFLite rounds away from zero
-    q = np.where(
-        np.abs(scaled) - np.floor(np.abs(scaled)) == 0.5, np.sign(scaled) * np.ceil(np.abs(scaled)), q
-    )
+    q = np.where(np.abs(scaled) - np.floor(np.abs(scaled)) == 0.5, np.sign(scaled) * np.ceil(np.abs(scaled)), q)
     return np.clip(q + bp.zero_point, -128, 127).astype(np.int8)
 
 

@@ -66,9 +66,7 @@ def load_model(source: str | Path | bytes, name: str | None = None) -> Graph:
     except (MalformedModelError, UnsupportedModelError):
         raise
     except (IndexError, struct.error, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise MalformedModelError(
-            f"{label}: the flatbuffer is corrupt or truncated ({type(e).__name__}: {e})"
-        ) from e
+        raise MalformedModelError(f"{label}: the flatbuffer is corrupt or truncated ({type(e).__name__}: {e})") from e
 
 
 def _read(data: bytes, label: str) -> Graph:
@@ -80,9 +78,7 @@ def _read(data: bytes, label: str) -> Graph:
         )
     root = struct.unpack_from("<I", data, 0)[0]
     if root + 4 > len(data):
-        raise MalformedModelError(
-            f"{label}: the root table offset {root} lies outside the {len(data)}-byte file"
-        )
+        raise MalformedModelError(f"{label}: the root table offset {root} lies outside the {len(data)}-byte file")
     model = tflite.Model.GetRootAs(data, 0)
     if model.SubgraphsLength() < 1:
         raise MalformedModelError(f"{label}: the model has no subgraph")
@@ -98,9 +94,7 @@ def _read(data: bytes, label: str) -> Graph:
         o = sg.Operators(k)
         idx = o.OpcodeIndex()
         if not 0 <= idx < len(codes):
-            raise MalformedModelError(
-                f"{label}: op {k} uses operator code {idx}, out of range (0..{len(codes) - 1})"
-            )
+            raise MalformedModelError(f"{label}: op {k} uses operator code {idx}, out of range (0..{len(codes) - 1})")
         kind = _OP_NAMES.get(codes[idx], f"BUILTIN_{codes[idx]}")
         if codes[idx] == BO.CUSTOM:
             kind = f"CUSTOM({model.OperatorCodes(idx).CustomCode().decode(errors='replace')})"
@@ -123,9 +117,7 @@ def _read(data: bytes, label: str) -> Graph:
     inputs = [int(v) for v in sg.InputsAsNumpy()] if sg.InputsLength() else []
     outputs = [int(v) for v in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
     desc = model.Description()
-    graph = Graph(
-        label, tensors, ops, inputs, outputs, description=desc.decode(errors="replace") if desc else ""
-    )
+    graph = Graph(label, tensors, ops, inputs, outputs, description=desc.decode(errors="replace") if desc else "")
     graph.validate()
     _check_supported(graph, label)
     return graph
@@ -135,9 +127,7 @@ def _read_tensor(model, t, index: int, nbuf: int, data: bytes, label: str) -> Te
     name = (t.Name() or b"").decode(errors="replace")
     code = t.Type()
     if code not in _TYPE_NAMES:
-        raise UnsupportedModelError(
-            f"{label}: tensor {index} '{name}' has type code {code}, which is not supported"
-        )
+        raise UnsupportedModelError(f"{label}: tensor {index} '{name}' has type code {code}, which is not supported")
     dtype = _TYPE_NAMES[code]
     shape = tuple(int(v) for v in t.ShapeAsNumpy()) if t.ShapeLength() else ()
     if any(d < 0 for d in shape):
@@ -158,9 +148,7 @@ def _read_tensor(model, t, index: int, nbuf: int, data: bytes, label: str) -> Te
             # TOCO-era files (person_detect) carry a stray axis 3 on 1-D biases; TFLM ignores it, so do we.
             axis = 0
         if scale.size > 1 and not 0 <= axis < len(shape):
-            raise MalformedModelError(
-                f"{label}: tensor {index} '{name}' is quantized along axis {axis} of {shape}"
-            )
+            raise MalformedModelError(f"{label}: tensor {index} '{name}' is quantized along axis {axis} of {shape}")
         if scale.size > 1 and scale.size != shape[axis]:
             raise MalformedModelError(
                 f"{label}: tensor {index} '{name}' has {scale.size} scales for {shape[axis]} channels"
@@ -172,9 +160,7 @@ def _read_tensor(model, t, index: int, nbuf: int, data: bytes, label: str) -> Te
         quant = Quant(scale, zps, axis)
     b = t.Buffer()
     if not 0 <= b < max(nbuf, 1):
-        raise MalformedModelError(
-            f"{label}: tensor {index} '{name}' names buffer {b}, out of range (0..{nbuf - 1})"
-        )
+        raise MalformedModelError(f"{label}: tensor {index} '{name}' names buffer {b}, out of range (0..{nbuf - 1})")
     values = None
     if b > 0 and nbuf:
         buf = model.Buffers(b)
@@ -209,9 +195,7 @@ def _opts(table_cls, o):
 
 def _act(code: int, k: int, kind: str, label: str) -> str:
     if code not in _ACT_NAMES:
-        raise UnsupportedModelError(
-            f"{label}: op {k} ({kind}) has fused activation code {code}, not supported"
-        )
+        raise UnsupportedModelError(f"{label}: op {k} ({kind}) has fused activation code {code}, not supported")
     return _ACT_NAMES[code]
 
 
@@ -308,20 +292,13 @@ def _check_supported(graph: Graph, label: str) -> None:
                 f"{label}: model input/output '{ten.name}' is {ten.dtype}: quantize to int8 first"
             )
         if len(ten.shape) == 0 or (len(ten.shape) > 1 and ten.shape[0] != 1):
-            raise UnsupportedModelError(
-                f"{label}: model input/output '{ten.name}' has shape {ten.shape}: batch 1 only"
-            )
+            raise UnsupportedModelError(f"{label}: model input/output '{ten.name}' has shape {ten.shape}: batch 1 only")
     for k, op in enumerate(graph.ops):
         if op.kind not in _BOUNDARY_OPS:
             continue
         src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
         ok = (src.dtype, dst.dtype) == ("int8", "int8")
-        ok |= (
-            op.kind == "QUANTIZE"
-            and src.dtype == "float32"
-            and dst.dtype == "int8"
-            and op.inputs[0] in graph.inputs
-        )
+        ok |= op.kind == "QUANTIZE" and src.dtype == "float32" and dst.dtype == "int8" and op.inputs[0] in graph.inputs
         ok |= (
             op.kind == "DEQUANTIZE"
             and src.dtype == "int8"
@@ -357,9 +334,7 @@ def to_tflite_bytes(graph: Graph) -> bytes:
     for i, t in enumerate(tensors):
         if t.is_const:
             buffer_of[i] = len(buf_offsets)
-            buf_offsets.append(
-                _buffer(b, np.ascontiguousarray(t.data, dtype=np.dtype(t.dtype).newbyteorder("<")))
-            )
+            buf_offsets.append(_buffer(b, np.ascontiguousarray(t.data, dtype=np.dtype(t.dtype).newbyteorder("<"))))
 
     kinds = sorted({op.kind for op in ops}, key=SUPPORTED_OPS.index)
     code_index = {k: i for i, k in enumerate(kinds)}
@@ -459,12 +434,8 @@ def _tensor(b: flatbuffers.Builder, t: Tensor, buffer: int) -> int:
     shape = _int_vector(b, tflite.TensorStartShapeVector, t.shape)
     q = None
     if t.quant is not None:
-        scale = _int_vector(
-            b, tflite.QuantizationParametersStartScaleVector, t.quant.scale, b.PrependFloat32, float
-        )
-        zp = _int_vector(
-            b, tflite.QuantizationParametersStartZeroPointVector, t.quant.zero_point, b.PrependInt64
-        )
+        scale = _int_vector(b, tflite.QuantizationParametersStartScaleVector, t.quant.scale, b.PrependFloat32, float)
+        zp = _int_vector(b, tflite.QuantizationParametersStartZeroPointVector, t.quant.zero_point, b.PrependInt64)
         tflite.QuantizationParametersStart(b)
         tflite.QuantizationParametersAddScale(b, scale)
         tflite.QuantizationParametersAddZeroPoint(b, zp)
