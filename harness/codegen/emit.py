@@ -576,6 +576,7 @@ def _model_h(graph: Graph, ident: str, plan: MemoryPlan, inputs, outputs, macs: 
 #define MODEL_NUM_OUTPUTS {len(outputs)}
 #define MODEL_NUM_LAYERS  {len(graph.ops)}
 #define MODEL_MACS        {macs}u
+#define MODEL_INPUT_BYTES {sum(s.bytes for s in inputs)}u  /* all inputs together: sizes the runtime's copy */
 
 typedef struct {{
     uint32_t offset;      /* byte offset of the tensor in the arena */
