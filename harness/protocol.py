@@ -36,6 +36,7 @@ MAX_REPS = 120
 HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT = 0x01, 0x02, 0x03, 0x04
 HELLO, ACK, STATS, OUTPUT, ERROR = 0x81, 0x82, 0x83, 0x84, 0xEE
 ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG = 1, 2, 3, 4, 5
+REQUEST_NAMES = {HELLO_REQ: "HELLO", SET_INPUT: "SET_INPUT", INFER: "INFER", GET_OUTPUT: "GET_OUTPUT"}
 FAULT_KINDS = {1: "HardFault", 2: "MemManage", 3: "BusFault", 4: "UsageFault", 5: "unexpected interrupt"}
 
 
@@ -115,7 +116,8 @@ class Device:
         self.describe = describe
         self._seq = 0
         self._buf = bytearray()
-        self.received = bytearray()  # everything read, for error reports
+        self.received = bytearray()  # the last bytes read, for error reports
+        self.bytes_read = 0
 
     # --- framing ------------------------------------------------------------------------------------
 
@@ -125,6 +127,7 @@ class Device:
         if data:
             self._buf += data
             self.received += data
+            self.bytes_read += len(data)
             del self.received[:-4096]
 
     def read_frame(self, timeout: float) -> Frame:
@@ -178,6 +181,7 @@ class Device:
             self.port.write(encode(kind, seq, payload))
             self.port.flush()
             deadline = time.monotonic() + timeout
+            mark = self.bytes_read
             try:
                 while True:
                     f = self.read_frame(max(0.0, deadline - time.monotonic()))
@@ -200,8 +204,20 @@ class Device:
                 if "refused" in str(e):
                     raise
             except TargetError as e:
-                if "faulted" in str(e) or not retry:
+                if "faulted" in str(e):
                     raise
+                name = REQUEST_NAMES.get(kind, f"0x{kind:02x}")
+                e = TargetError(
+                    f"{self.describe} did not answer {name} within {timeout:.1f} s"
+                    + (
+                        " (nothing arrived after the request: the device may be hung)"
+                        if self.bytes_read == mark
+                        else ""
+                    )
+                    + f"; {e}"
+                )
+                if not retry:
+                    raise e from None
                 last = e
         raise TargetError(f"{self.describe}: gave up after {attempts} attempt(s): {last}")
 
