@@ -1,0 +1,79 @@
+"""The QEMU target end to end with the hand-written stub model (output = input + 1): HELLO, inputs, counts,
+outputs over the protocol on every QEMU machine; determinism; a hung and a faulting device."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_tools
+
+from harness.boards import get_board
+from harness.build import build_firmware
+from harness.errors import TargetError
+from harness.targets.qemu import QemuTarget
+
+STUB = Path(__file__).parent / "fixtures" / "stub_model"
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(autouse=True)
+def _tools():
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+
+
+def _run(board_name: str, tmp_path, data: bytes, reps: int = 3, **build_kw):
+    board = get_board(board_name)
+    build = build_firmware(STUB, board, qemu=True, cache_dir=tmp_path, **build_kw)
+    with QemuTarget(board).open(build, timeout=20) as s:
+        s.device.set_input(0, data)
+        stats = s.device.infer(reps)
+        out = s.device.get_output(0, 1000)
+        return s.hello, stats, out
+
+
+@pytest.mark.parametrize("board", ["qemu-m4", "qemu-m7", "qemu-m33", "qemu-m55", "nucleo-f746", "nucleo-f412"])
+def test_stub_end_to_end(board, tmp_path):
+    data = np.random.default_rng(1).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    hello, stats, out = _run(board, tmp_path, data)
+    assert hello.model == "stub_plus_one" and hello.arena_bytes == 2048 and hello.macs == 1000
+    assert hello.counter_source == "qemu-icount"
+    assert [(s.bytes, s.scale, s.zero_point) for s in hello.inputs] == [(1000, 0.5, -3)]
+    assert out == bytes((b + 1) & 0xFF for b in data)
+    # a 1000-element loop is at least a few thousand instructions: SysTick counted it (in ticks)
+    ticks = get_board(board).qemu_machine.icount_per_tick
+    assert len(stats.counts) == 3 and all(c * ticks >= 1000 for c in stats.counts)
+    assert 0 < stats.peak_stack < 8 * 1024
+    assert stats.arena_high_water == 2024  # the stub touches bytes 0..999 and 1024..2023
+
+
+def test_counts_are_deterministic_across_launches(tmp_path):
+    data = bytes(range(256)) * 3 + bytes(232)
+    _, a, out_a = _run("qemu-m4", tmp_path, data, reps=5)
+    _, b, out_b = _run("qemu-m4", tmp_path, data, reps=5)
+    assert out_a == out_b
+    # one instruction per icount tick: the same program gives the same counts, up to SysTick's granularity
+    assert max(a.counts + b.counts) - min(a.counts + b.counts) <= 1
+
+
+def test_a_hung_device_is_killed_within_its_timeout(tmp_path):
+    board = get_board("qemu-m4")
+    build = build_firmware(STUB, board, qemu=True, cache_dir=tmp_path, extra_cflags=("-DSTUB_MODE=1",))
+    start = time.monotonic()
+    with QemuTarget(board).open(build, timeout=3) as s:
+        proc = s.proc
+        s.device.set_input(0, bytes(1000))
+        with pytest.raises(TargetError) as e:
+            s.device.infer(1)
+    assert time.monotonic() - start < 20
+    assert proc.poll() is not None  # the session reaped QEMU
+    assert "did not answer INFER within 3.0 s" in str(e.value) and "may be hung" in str(e.value)
+
+
+def test_a_fault_is_reported_with_its_pc(tmp_path):
+    with pytest.raises(TargetError) as e:
+        _run("qemu-m7", tmp_path, bytes(1000), extra_cflags=("-DSTUB_MODE=2",))
+    msg = str(e.value)
+    assert "fault" in msg.lower() and "PC" in msg
