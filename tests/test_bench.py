@@ -1,0 +1,103 @@
+"""`harness bench` end to end: a real model, generated C, firmware, QEMU, the protocol, the reference check,
+the figures with their sources, and the results store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import require_tools, shared_model
+
+from harness import reference, results
+from harness.bench import BenchOptions, OutputMismatch, run_bench
+from harness.cli import main
+
+
+def _opts(tmp_path, model, **kw) -> BenchOptions:
+    kw.setdefault("board", "nucleo-f746")
+    return BenchOptions(
+        model=str(model), results_dir=str(tmp_path / "results"), build_dir=str(tmp_path / "build"), **kw
+    )
+
+
+@pytest.mark.qemu
+def test_bench_on_the_qemu_fallback_of_an_m7_board(tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    said: list[str] = []
+    r = run_bench(_opts(tmp_path, shared_model("kws"), repetitions=3, inputs=2), say=said.append)
+    assert r["status"] == "ok" and r["outputs_match"] and r["target"] == "qemu"
+    assert any("QEMU fallback" in s and "not cycles" in s for s in said)  # said plainly
+    f = r["figures"]
+    assert f["count_source"] == "qemu-icount" and f["count_unit"] == "instructions"
+    assert "not cycles" in f["count_note"] and f["latency_note"].startswith("ESTIMATE")
+    assert len(f["count"]["all"]) == 2 * 3 and f["count"]["min"] <= f["count"]["median"] <= f["count"]["max"]
+    # repetitions of one input are deterministic under -icount, up to one SysTick tick (40 instructions on
+    # an500); different inputs may take different paths (clamps, branches), so counts are compared per input
+    for per_input in (f["count"]["all"][:3], f["count"]["all"][3:]):
+        assert max(per_input) - min(per_input) <= 40
+    assert f["macs_per_count"] == pytest.approx(f["macs"] / f["count"]["median"])
+    assert f["peak_sram_bytes"] == f["arena_bytes"] + f["peak_stack_bytes"] + f["static_ram_bytes"]
+    assert 0 < f["peak_stack_bytes"] < 8192 and f["arena_high_water_bytes"] <= f["arena_bytes"]
+    assert f["flash_bytes"] == f["code_bytes"] + f["weight_bytes"] and f["fits"]
+    assert f["board_sram_bytes"] == 320 * 1024 and f["board_flash_bytes"] == 1024 * 1024
+    # the record is in the store, stamped with its schema and versions
+    (stored,) = list(results.read("bench", tmp_path / "results"))
+    assert stored["run_id"] == r["run_id"] and stored["status"] == "ok" and stored["schema"] >= 1
+    assert stored["versions"]["gcc"] and stored["versions"]["qemu"] and len(stored["model_sha256"]) == 64
+
+
+@pytest.mark.qemu
+def test_bench_on_an_m4_machine_and_the_cli_json(tmp_path, capsys):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    args = ["bench", "--board", "qemu-m4", "--model", str(shared_model("ad01")), "-n", "2", "-m", "1"]
+    assert main([*args, "--results", str(tmp_path / "r"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["board"] == "qemu-m4" and r["target"] == "qemu" and r["status"] == "ok"
+    assert r["figures"]["count"]["median"] > r["figures"]["macs"] / 4  # no engine does 4 MACs an instruction
+    # the table
+    assert main([*args, "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "instructions" in out and "ESTIMATE" in out and "bit-exact" in out
+    assert len(list(results.read("bench", tmp_path / "r"))) == 2
+
+
+def test_bench_on_the_host_target_checks_outputs_without_counts(tmp_path):
+    r = run_bench(_opts(tmp_path, shared_model("ic"), target="host", inputs=3))
+    assert r["status"] == "ok" and r["outputs_match"] and r["target"] == "host"
+    assert r["figures"] is None  # the host measures nothing it could pass off as a device figure
+
+
+def test_a_wrong_output_fails_loudly_and_is_recorded(tmp_path, monkeypatch):
+    real = reference.run
+
+    def off_by_one(graph, inputs):  # the reference disagrees with the (correct) engine at one index
+        outs = real(graph, inputs)
+        outs[0] = outs[0].copy()
+        outs[0].reshape(-1)[3] ^= 1
+        return outs
+
+    monkeypatch.setattr(reference, "run", off_by_one)
+    with pytest.raises(OutputMismatch, match=r"output 0 differs from the reference: first at \(0, 3\)"):
+        run_bench(_opts(tmp_path, shared_model("kws"), target="host"))
+    (stored,) = list(results.read("bench", tmp_path / "results"))
+    assert stored["status"] == "failed" and "OutputMismatch" in stored["reason"]
+
+
+def test_unknown_board_and_model_are_clear_errors(tmp_path, capsys):
+    assert main(["bench", "--board", "nucleo-zz", "--model", "x.tflite", "--results", str(tmp_path)]) == 2
+    assert "nucleo-zz" in capsys.readouterr().err
+    assert main(["bench", "--board", "qemu-m4", "--model", "no_such_model", "--results", str(tmp_path)]) == 2
+    assert "no_such_model" in capsys.readouterr().err
+
+
+def test_inputs_are_seeded(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.bench import random_inputs
+
+    spec = SimpleNamespace(shape=(1, 4, 4, 3))  # random_inputs reads only the shape of an IOSpec
+    a = random_inputs([spec], 2, seed=7)
+    b = random_inputs([spec], 2, seed=7)
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0][0], a[1][0])
