@@ -203,27 +203,29 @@ class GraphBuilder:
         name = name or f"pool{len(self.ops)}"
         v = self.values[x]
         kh, kw = (k, k) if isinstance(k, int) else k
+        sh, sw = (stride, stride) if isinstance(stride, int) else stride
         n, h, w, c = v.shape
-        oh, top = conv_out_size(h, kh, stride, 1, padding)
-        ow, left = conv_out_size(w, kw, stride, 1, padding)
+        oh, top = conv_out_size(h, kh, sh, 1, padding)
+        ow, left = conv_out_size(w, kw, sw, 1, padding)
         # padded positions are NaN: TFLite's pools take the max / mean over the taps inside the input only
-        xp = np.full((n, max(h + top, (oh - 1) * stride + kh), max(w + left, (ow - 1) * stride + kw), c), np.nan)
+        xp = np.full((n, max(h + top, (oh - 1) * sh + kh), max(w + left, (ow - 1) * sw + kw), c), np.nan)
         xp[:, top : top + h, left : left + w, :] = v
         taps = [
-            xp[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride, :]
+            xp[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :]
             for i in range(kh)
             for j in range(kw)
         ]
         out = np.nanmax(taps, axis=0) if kind == "MAX_POOL_2D" else np.nanmean(taps, axis=0)
         q = self.tensors[x].quant
         y = self._act(name, (1, *out.shape[1:]), Quant(q.scale.copy(), q.zero_point.copy()), _fake_quant(out, q))
-        opts = {"filter": (kh, kw), "stride": (stride, stride), "padding": padding, "activation": "NONE"}
+        opts = {"filter": (kh, kw), "stride": (sh, sw), "padding": padding, "activation": "NONE"}
         self.ops.append(Op(kind, [x], [y], opts, name=name))
         return y
 
     def global_avgpool(self, x, name=None) -> int:
         h, w = self.shape(x)[1:3]
-        return self.pool("AVERAGE_POOL_2D", x, (h, w), 1, "VALID", name=name or "global_pool")
+        # stride = filter, as TFLite's converters write a global pool
+        return self.pool("AVERAGE_POOL_2D", x, (h, w), (h, w), "VALID", name=name or "global_pool")
 
     def reshape(self, x, shape, name=None) -> int:
         name = name or f"reshape{len(self.ops)}"
