@@ -169,7 +169,7 @@ static inline int32_t tk_dw3_border(const int8_t *x, const int32_t *wk, int32_t 
     return acc;
 }
 
-#define TK_DW_MAX_TAPS 25
+#define TK_DW_MAX_TAPS 49 /* up to 7x7, MCUNet's largest depthwise kernel */
 
 /* Depthwise with depth multiplier 1, pixel by pixel, four channels at a time: a pixel's channels are
  * adjacent in NHWC, as are one tap's weights, so each tap is one 4-byte load of each (tk_mac4). Taps
@@ -216,6 +216,48 @@ static void tk_depthwise_vec(const tk_conv_t *p, const int8_t *in, int8_t *out)
     }
 }
 
+/* tk_dw_channel for any kernel size and dilation: pixels whose window lies inside the input take an
+ * unchecked loop over the taps (weights cached as int32 when they fit), borders the checked one. */
+static void tk_dw_channel_any(const tk_conv_t *p, const int8_t *x, int32_t oc, int8_t *y, int32_t ystride)
+{
+    const int32_t ic = p->in_c, row = p->in_w * ic, kh = p->k_h, kw = p->k_w, taps = kh * kw;
+    const int32_t sw = p->stride_w, pl = p->pad_l, dh = p->dil_h * row, dw = p->dil_w * ic;
+    const int32_t bias = p->bias[oc], mult = p->rq.mult[oc], shift = p->rq.shift[oc];
+    const int32_t off = p->rq.output_offset, lo = p->rq.act_min, hi = p->rq.act_max;
+    const int8_t *w = p->weights + oc;
+    int32_t wk[TK_DW_MAX_TAPS];
+    const int cached = taps <= TK_DW_MAX_TAPS;
+    for (int32_t t = 0; cached && t < taps; t++) {
+        wk[t] = w[t * p->out_c];
+    }
+    const int32_t span_w = (kw - 1) * p->dil_w + 1, span_h = (kh - 1) * p->dil_h + 1;
+    const int32_t ox_lo = (pl + sw - 1) / sw;
+    const int32_t room = p->in_w - span_w + pl; /* C division truncates: a negative room means no interior */
+    int32_t ox_hi = room < 0 ? ox_lo : room / sw + 1;
+    ox_hi = ox_hi > p->out_w ? p->out_w : (ox_hi < ox_lo ? ox_lo : ox_hi);
+    for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t iy0 = oy * p->stride_h - p->pad_t;
+        const int rows_in = cached && iy0 >= 0 && iy0 + span_h <= p->in_h;
+        for (int32_t ox = 0; ox < p->out_w; ox++, y += ystride) {
+            const int32_t ix0 = ox * sw - pl;
+            int32_t acc;
+            if (rows_in && ox >= ox_lo && ox < ox_hi) {
+                const int8_t *r = x + iy0 * row + ix0 * ic;
+                acc = bias;
+                for (int32_t ky = 0, t = 0; ky < kh; ky++, r += dh) {
+                    const int8_t *q = r;
+                    for (int32_t kx = 0; kx < kw; kx++, t++, q += dw) {
+                        acc += *q * wk[t];
+                    }
+                }
+            } else {
+                acc = tk_dw_pixel(p, x, w, iy0, ix0) + bias;
+            }
+            *y = tk_dw_out(acc, mult, shift, off, lo, hi, p->rq.fast);
+        }
+    }
+}
+
 /* One output channel `oc` of a depthwise layer, written to y[0], y[ystride], ... (pixel order). Its
  * weights, bias and requantization stay in registers across the plane. */
 static void tk_dw_channel(const tk_conv_t *p, const int8_t *in, int32_t oc, int8_t *y, int32_t ystride)
@@ -228,12 +270,7 @@ static void tk_dw_channel(const tk_conv_t *p, const int8_t *in, int32_t oc, int8
     const int32_t mult = p->rq.mult[oc], shift = p->rq.shift[oc];
     const int32_t off = p->rq.output_offset, lo = p->rq.act_min, hi = p->rq.act_max;
     if (!(p->k_h == 3 && p->k_w == 3 && p->dil_h == 1 && p->dil_w == 1)) {
-        for (int32_t oy = 0; oy < p->out_h; oy++) {
-            for (int32_t ox = 0; ox < p->out_w; ox++, y += ystride) {
-                const int32_t acc = tk_dw_pixel(p, x, p->weights + oc, oy * p->stride_h - p->pad_t, ox * sw - pl);
-                *y = tk_dw_out(acc + bias, mult, shift, off, lo, hi, p->rq.fast);
-            }
-        }
+        tk_dw_channel_any(p, x, oc, y, ystride);
         return;
     }
     /* Output columns whose three input columns are all in bounds: [ox_lo, ox_hi). */
