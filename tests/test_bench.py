@@ -101,3 +101,25 @@ def test_inputs_are_seeded(tmp_path):
     b = random_inputs([spec], 2, seed=7)
     assert all(np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0][0], a[1][0])
+
+
+@pytest.mark.qemu
+def test_the_main_job_mcunet_vww_on_nucleo_f746(tmp_path):
+    """`make bench`'s command: the zoo's mcunet_vww fits the F746 and is bit-exact on its M7 fallback."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    r = run_bench(_opts(tmp_path, "mcunet_vww", repetitions=2, inputs=1))
+    f = r["figures"]
+    assert r["outputs_match"] and r["target"] == "qemu" and f["fits"]
+    assert f["macs"] == 11_578_816 and f["peak_sram_bytes"] < 320 * 1024 and f["flash_bytes"] < 1024 * 1024
+
+
+@pytest.mark.qemu
+def test_a_generated_model_counts_the_same_on_every_qemu_run(tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    runs = [run_bench(_opts(tmp_path, "digits_cnn", board="qemu-m4", repetitions=3, inputs=2)) for _ in range(2)]
+    a, b = (r["figures"]["count"]["all"] for r in runs)
+    assert runs[1]["build"]["cached"]  # the second run reuses the firmware: the same program
+    # per input, every repetition of both runs within one SysTick tick (40 instructions on an386)
+    for k in range(2):
+        same_input = a[3 * k : 3 * k + 3] + b[3 * k : 3 * k + 3]
+        assert max(same_input) - min(same_input) <= 40
