@@ -29,7 +29,7 @@ import numpy as np
 
 from harness import __version__, results
 from harness.datasets import Dataset, FittedData, fit_to_model, input_spec, load_dataset, output_size
-from harness.errors import HarnessError
+from harness.errors import HarnessError, TargetError
 
 Say = Callable[[str], None]
 SAMPLES_FILE = "samples.jsonl"
@@ -97,7 +97,6 @@ def run_accuracy(
     progress: bool = True,
     on_sample: Callable[[int, int], None] | None = None,
     engine=None,
-    reference_fn=None,
     write_report: bool = True,
 ) -> dict[str, Any]:
     """Run `dataset` through `model` on `board` and return the report (also written under
@@ -105,10 +104,11 @@ def run_accuracy(
 
     board: a name or a Board; model: a zoo name, a .tflite path or a Graph; dataset: 'digits', a folder,
     an .npz path or a Dataset. resume: True = continue the latest unfinished run of the same model, board,
-    target and data; a run id = continue that run; False = start afresh. `engine` / `reference_fn` replace
-    the built engine / harness.reference.run (tests).
+    target and data; a run id = continue that run; False = start afresh. `engine`: an Engine already made
+    by harness.bench.prepare for this model and board (several data sets, or runs, on one build); it must
+    be that model's, since the report and the resume key name the model.
     """
-    from harness.bench import prepare
+    from harness.bench import model_digest, prepare
 
     board = _board(board)
     graph, model_label = _model(model)
@@ -125,10 +125,11 @@ def run_accuracy(
     total = len(fitted.x) if limit is None else max(0, min(int(limit), len(fitted.x)))
     if engine is None:
         engine = prepare(board, graph, target, opt, build_dir, say)
-    if reference_fn is None:
-        from harness import reference
-
-        reference_fn = reference.run
+    elif engine.digest != model_digest(graph) or engine.board.name != board.name:
+        raise HarnessError(
+            f"the engine given was prepared for another model or board ({engine.board.name}, model sha256 "
+            f"{engine.digest[:12]}), not {model_label} on {board.name}: prepare one for this model and board"
+        )
     if jobs > 1 and engine.target_kind == "pyocd":
         say("one board, one probe: --jobs applies to QEMU and host targets; running 1 job")
         jobs = 1
@@ -175,7 +176,6 @@ def run_accuracy(
             fitted,
             pending,
             run_dir / SAMPLES_FILE,
-            reference_fn,
             jobs=jobs,
             timeout=timeout,
             progress=progress,
@@ -252,7 +252,6 @@ def _run_samples(
     fitted: FittedData,
     pending: list[int],
     path: Path,
-    reference_fn,
     *,
     jobs: int,
     timeout: float,
@@ -263,6 +262,8 @@ def _run_samples(
 ) -> tuple[dict[int, dict[str, Any]], Counting | None, float]:
     """Device and reference outputs for `pending` samples, `jobs` engines pulling from one queue; each
     record is appended (and flushed) to `path` as it arrives."""
+    from harness import reference
+
     new: dict[int, dict[str, Any]] = {}
     if not pending:
         return new, None, 0.0
@@ -289,9 +290,14 @@ def _run_samples(
                     except queue.Empty:
                         return
                     x = fitted.x[i]
-                    outputs, stats = runner.run([x], repetitions=1)
+                    try:
+                        outputs, stats = runner.run([x], repetitions=1)
+                    except OSError as e:  # pyserial's closed port (QEMU gone, USB unplugged) is no HarnessError
+                        raise TargetError(
+                            f"{engine.target_desc}: the connection to the device broke at sample {i} ({e})"
+                        ) from e
                     dev = np.asarray(outputs[0]).reshape(-1).astype(np.int8)
-                    ref = np.asarray(reference_fn(engine.interior, [x])[0]).reshape(-1).astype(np.int8)
+                    ref = np.asarray(reference.run(engine.interior, [x])[0]).reshape(-1).astype(np.int8)
                     ticks = None if stats is None else int(stats.counts[0])
                     rec = {
                         "i": i,

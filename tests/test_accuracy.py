@@ -1,110 +1,181 @@
 """On-device accuracy: figures, per-sample records, resume, parallel jobs, the report.
 
-The run mechanics are tested with a fake engine standing in for a device (a numpy classifier behind the
-same open()/run() interface); the end-to-end tests at the bottom run the real digits_cnn on the host build
-and on QEMU.
+Everything runs on the real engine: the generated C on the host target (fast: most mechanics tests) and
+on QEMU (@pytest.mark.qemu: counts, two QEMU instances side by side, a device that dies mid-run, and the
+trained digits_cnn over the whole held-out split). The host side is always the real numpy reference.
+The fast tests use `centroid_graph()`, a real int8 model built here by hand: a FULLY_CONNECTED
+nearest-centroid classifier of the 8x8 digits that the TFLite interpreter runs too.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
+import threading
+import zlib
 from contextlib import contextmanager
 from html.parser import HTMLParser
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from harness import results
 from harness.accuracy import Counting, compute_figures, load_samples, run_accuracy
+from harness.bench import prepare
+from harness.boards import get_board
 from harness.datasets import fit_to_model, input_spec, load_dataset
 from harness.errors import HarnessError, TargetError
-from harness.model.ir import Graph, Op, Quant, Tensor
+from harness.model import Graph, Op, Quant, Tensor
+from harness.protocol import Hello
 
-BOARD = SimpleNamespace(name="fake-f746", clock_hz=216_000_000, qemu_machine=SimpleNamespace(icount_per_tick=40))
-QEMU_COUNTING = Counting.of(BOARD, SimpleNamespace(counter_source="qemu-icount"))
-
-
-def _graph() -> Graph:
-    """digits-shaped: [1,8,8,1] int8 in (0..16 pixels), [1,10] int8 scores out."""
-    x = Tensor("x", (1, 8, 8, 1), "int8", Quant([16 / 255], [-128]))
-    w = Tensor("w", (10, 64), "int8", Quant([0.01], [0]), np.zeros((10, 64), np.int8))
-    y = Tensor("y", (1, 10), "int8", Quant([1 / 16], [-128]))
-    return Graph("fake_digits", [x, w, y], [Op("FULLY_CONNECTED", [0, 1, -1], [2])], [0], [2])
+F746 = get_board("nucleo-f746")
+QEMU_COUNTING = Counting.of(F746, Hello(1, 25_000_000, 0, 0, 0, "qemu-m7", "cortex-m7", "qemu-icount", "", "m"))
 
 
-def _centroids() -> np.ndarray:
-    from sklearn.datasets import load_digits
+@functools.cache
+def centroid_graph() -> Graph:
+    """Nearest centroid as one int8 FULLY_CONNECTED: score_c = w_c . x - |w_c|^2 / 2, w_c the mean training
+    image of digit c (argmax score = nearest mean). Input 0..16 pixels as digits_cnn takes them; weights
+    per-tensor symmetric int8, the half norms an int32 bias; the output scale spans the training scores."""
+    from harness.zoo import digits_split
 
-    d = load_digits()
-    return np.stack([d.data[d.target == c].mean(axis=0) for c in range(10)])
+    x_tr, y_tr, _, _ = digits_split()
+    means = np.stack([x_tr[y_tr == c].reshape(-1, 64).mean(axis=0) for c in range(10)])
+    s_in, zp_in = float(np.float32(16 / 255)), -128
+    s_w = float(np.float32(np.abs(means).max() / 127))
+    wq = np.clip(np.round(means / s_w), -127, 127).astype(np.int8)
+    s_b = float(np.float32(s_in) * np.float32(s_w))  # bias scale = input scale * weight scale, as TFLite has it
+    w = wq.astype(np.float64) * s_w
+    half_norms = 0.5 * np.sum(w**2, axis=1)
+    scores = x_tr.reshape(-1, 64) @ w.T - half_norms
+    lo, hi = float(scores.min()), float(scores.max())
+    s_out = (hi - lo) / 255
+    zp_out = int(np.clip(round(-128 - lo / s_out), -128, 127))
+    tensors = [
+        Tensor("pixels", (1, 8, 8, 1), "int8", Quant([s_in], [zp_in])),
+        Tensor("flat", (1, 64), "int8", Quant([s_in], [zp_in])),
+        Tensor("centroids", (10, 64), "int8", Quant([s_w], [0]), wq),
+        Tensor("half_norms", (10,), "int32", Quant([s_b], [0]), np.round(-half_norms / s_b).astype(np.int32)),
+        Tensor("scores", (1, 10), "int8", Quant([s_out], [zp_out])),
+    ]
+    ops = [
+        Op("RESHAPE", [0], [1], {}, name="flatten"),
+        Op("FULLY_CONNECTED", [1, 2, 3], [4], {"activation": "NONE", "keep_num_dims": False}, name="centroids"),
+    ]
+    return Graph("digits_centroids", tensors, ops, [0], [4])
 
 
-CENTROIDS = _centroids()
+def _key(x: np.ndarray) -> int:
+    """Names a sample by its bytes, whatever order the jobs take the samples in."""
+    return zlib.crc32(np.ascontiguousarray(x, dtype=np.int8).tobytes())
 
 
-def classify(_graph, inputs):
-    """A stand-in model: int8 scores from the distance to each digit's mean image."""
-    pixels = (inputs[0].reshape(-1).astype(np.float64) + 128) * 16 / 255
-    d = np.linalg.norm(CENTROIDS - pixels, axis=1)
-    return [np.clip(np.round(127 - 4 * d), -128, 127).astype(np.int8).reshape(1, 10)]
+class Tap:
+    """Fault injection on the REAL path, not a fake device: a thin proxy around a real Engine whose open()
+    yields the real runner (host library or QEMU session) wrapped to count the samples it serves and, when
+    asked, to raise TargetError at call `fail_at`, to kill the QEMU process before call `kill_at` (the
+    protocol then finds a dead device by itself), or to flip one output byte of the samples `flip(key)`
+    picks (a device that disagrees with the host). Every output still comes from the generated C."""
 
+    def __init__(self, engine, fail_at=None, kill_at=None, flip=None):
+        self._engine = engine
+        self.fail_at, self.kill_at, self.flip = fail_at, kill_at, flip
+        self.calls: list[int] = []  # keys of the samples served, in order
+        self.runners: list[_TapRunner] = []
+        self._lock = threading.Lock()
 
-class FakeEngine:
-    """The Engine interface run_accuracy uses, with a numpy 'device'. `corrupt(i, out)` may alter the
-    device's output; `fail_at` makes the device fail on that call."""
-
-    target_kind = "qemu"
-    target_desc = "fake QEMU mps2-an500"
-    digest = "f" * 64
-
-    def __init__(self, corrupt=None, fail_at: int | None = None, hello="qemu-icount"):
-        self.interior = _graph()
-        self.corrupt = corrupt
-        self.fail_at = fail_at
-        self.calls: list[int] = []
-        self.opened = 0
-        self.hello = None if hello is None else SimpleNamespace(counter_source=hello, clock_hz=216e6)
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
 
     @contextmanager
     def open(self, timeout: float = 120.0):
-        self.opened += 1
-        yield FakeRunner(self)
+        with self._engine.open(timeout) as runner:
+            tapped = _TapRunner(self, runner)
+            with self._lock:
+                self.runners.append(tapped)
+            yield tapped
+
+    def _next_call(self) -> int:
+        with self._lock:
+            return len(self.calls)
 
 
-class FakeRunner:
-    def __init__(self, engine: FakeEngine):
-        self.engine = engine
-        self.hello = engine.hello
+class _TapRunner:
+    def __init__(self, tap: Tap, runner) -> None:
+        self.tap, self.runner, self.hello = tap, runner, runner.hello
+        self.served = 0
 
     def run(self, inputs, repetitions=1):
-        e = self.engine
-        n = len(e.calls)
-        if e.fail_at is not None and n == e.fail_at:
-            raise TargetError("the device stopped answering (fake)")
-        out = classify(None, inputs)[0].copy()
-        key = int(inputs[0].astype(np.int64).sum())  # identifies the sample whatever the order
-        e.calls.append(key)
-        if e.corrupt is not None:
-            out = e.corrupt(key, out)
-        stats = None if self.hello is None else SimpleNamespace(counts=[1000 + key % 13])
-        return [out], stats
+        tap = self.tap
+        n = tap._next_call()
+        if n == tap.fail_at:
+            raise TargetError(f"injected: the device stopped answering at call {n}")
+        if n == tap.kill_at:
+            self.runner.session.proc.kill()  # the QEMU process this session started
+            self.runner.session.proc.wait()
+        outputs, stats = self.runner.run(inputs, repetitions)
+        key = _key(inputs[0])
+        if tap.flip is not None and tap.flip(key):
+            outputs = [o.copy() for o in outputs]
+            outputs[0].reshape(-1)[3] ^= 1
+        with tap._lock:
+            tap.calls.append(key)
+        self.served += 1
+        return outputs, stats
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    return tmp_path_factory.mktemp("builds")
+
+
+@pytest.fixture(scope="module")
+def host_engine(builds):
+    """The centroid model's generated C, built once for the host target (open() loads the library)."""
+    return prepare(F746, centroid_graph(), "host", build_dir=str(builds))
+
+
+@pytest.fixture(scope="module")
+def qemu_engine(builds):
+    from conftest import require_tools
+
+    require_tools("qemu-system-arm", "arm-none-eabi-gcc")
+    return prepare(F746, centroid_graph(), "qemu", build_dir=str(builds))
 
 
 def _run(tmp_path, engine, **kw):
     kw.setdefault("limit", 60)
     return run_accuracy(
-        BOARD,
-        _graph(),
+        F746,
+        centroid_graph(),
         "digits",
+        target=engine.target_kind,
         results_dir=tmp_path / "results",
         engine=engine,
-        reference_fn=classify,
         progress=False,
         **kw,
     )
+
+
+def test_centroid_model_is_a_real_classifier():
+    """The hand-built model is valid int8 TFLite: the interpreter's reference kernels give the numpy
+    reference's outputs, and it classifies the held-out digits well (it is the fast tests' model)."""
+    from harness import reference
+    from harness.model import load_model, to_tflite_bytes
+    from harness.oracle import run_tflite
+
+    g = centroid_graph()
+    blob = to_tflite_bytes(g)
+    assert load_model(blob).ops[1].kind == "FULLY_CONNECTED"
+    fitted = fit_to_model(load_dataset("digits"), input_spec(g), 10)
+    outs = [reference.run(g, [x])[0] for x in fitted.x]
+    for x, ref in list(zip(fitted.x, outs, strict=True))[:40]:
+        assert np.array_equal(run_tflite(blob, [x])[0], ref)
+    top1 = np.mean([np.argmax(o) == y for o, y in zip(outs, fitted.labels, strict=True)])
+    assert top1 > 0.85
+    assert len({tuple(o.reshape(-1)) for o in outs}) > len(outs) // 2  # scores spread, not saturated
 
 
 # --- figures -------------------------------------------------------------------------------------------
@@ -147,9 +218,6 @@ def test_all_zero_outputs_are_identical():
     assert f["distance"]["cosine_min"] == 1.0 and f["agreement"] == 1.0
 
 
-# --- the run -------------------------------------------------------------------------------------------
-
-
 class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
@@ -181,19 +249,21 @@ def _png_size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
-def test_run_report_and_store(tmp_path):
-    engine = FakeEngine()
-    rep = _run(tmp_path, engine)
+def test_report_and_store_on_qemu(tmp_path, qemu_engine):
+    """60 samples through the firmware on the M7 fallback: records, figures, counts, store, HTML, plots."""
+    tap = Tap(qemu_engine)
+    rep = _run(tmp_path, tap)
     f = rep["figures"]
-    assert rep["samples_total"] == 60 and f["samples"] == 60 and len(engine.calls) == 60
+    assert rep["target"] == "qemu" and rep["samples_total"] == 60 and f["samples"] == 60 and len(tap.calls) == 60
     # the figures are those of the records: recompute top-1 from the stored samples
     recs = load_samples(tmp_path / "results" / "reports" / rep["run_id"] / "samples.jsonl")
     assert sorted(recs) == list(range(60))
     top1 = np.mean([np.argmax(r["device"]) == r["label"] for r in recs.values()])
-    assert f["device_top1"] == pytest.approx(top1) and f["host_top1"] == f["device_top1"]
+    assert f["device_top1"] == pytest.approx(top1) and f["host_top1"] == f["device_top1"] > 0.8
     assert f["agreement"] == 1.0 and f["disagreements"] == [] and f["distance"]["max_abs_diff"] == 0
-    assert recs[0]["count"] == recs[0]["ticks"] * 40  # QEMU ticks -> instructions
-    assert f["latency"]["unit"] == "instructions" and f["latency"]["samples"] == 60
+    assert recs[0]["ticks"] > 0 and recs[0]["count"] == recs[0]["ticks"] * 40  # QEMU ticks -> instructions
+    assert rep["counting"]["source"] == "qemu-icount"
+    assert f["latency"]["unit"] == "instructions" and f["latency"]["samples"] == 60 and f["latency"]["min"] > 0
     assert sum(map(sum, f["confusion"])) == 60
 
     store = list(results.read("accuracy", tmp_path / "results"))
@@ -206,15 +276,7 @@ def test_run_report_and_store(tmp_path):
     page.close()
     assert page.open == [] and "table" in page.tags
     text = " ".join(page.text)
-    for must in (
-        "fake-f746",
-        "fake_digits",
-        "digits",
-        "not cycles",
-        "0.1.0",
-        rep["date"],
-        "None: the device",
-    ):
+    for must in ("nucleo-f746", "digits_centroids", "digits", "not cycles", "0.1.0", rep["date"]):
         assert must in text, must
     plots = {img["id"]: img["src"] for img in page.imgs}
     assert set(plots) == {"plot-confusion", "plot-per_class", "plot-latency"}
@@ -222,7 +284,7 @@ def test_run_report_and_store(tmp_path):
         assert src.startswith("data:image/png;base64,")
         w, h = _png_size(base64.b64decode(src.split(",", 1)[1]))
         assert 300 <= w <= 2000 and 200 <= h <= 2000, (pid, w, h)
-    # the plots show the data: the per-class picture is not blank, the PNG files equal the embedded ones
+    # the plots show the data: the confusion picture is not blank, the PNG files equal the embedded ones
     confusion = open(rep["files"]["confusion"], "rb").read()
     assert base64.b64encode(confusion).decode() == plots["plot-confusion"].split(",", 1)[1]
     from PIL import Image
@@ -233,17 +295,14 @@ def test_run_report_and_store(tmp_path):
     assert "device top-1" in md and "![confusion](confusion.png)" in md
 
 
-def test_disagreements_are_listed(tmp_path):
-    def corrupt(key, out):
-        if key % 5 == 0:
-            out = out.copy()
-            out[0, 3] = np.int8(out[0, 3] ^ 1)
-        return out
+def test_disagreements_are_listed(tmp_path, host_engine):
+    def every_fifth(key):
+        return key % 5 == 0
 
-    rep = _run(tmp_path, FakeEngine(corrupt=corrupt), limit=80)
+    rep = _run(tmp_path, Tap(host_engine, flip=every_fifth), limit=80)
     f = rep["figures"]
-    fitted = fit_to_model(load_dataset("digits"), input_spec(_graph()), 10)
-    expected = {i for i in range(80) if int(fitted.x[i].astype(np.int64).sum()) % 5 == 0}
+    fitted = fit_to_model(load_dataset("digits"), input_spec(centroid_graph()), 10)
+    expected = {i for i in range(80) if every_fifth(_key(fitted.x[i]))}
     assert expected and {d["i"] for d in f["disagreements"]} == expected
     assert f["agreement"] == pytest.approx(1 - len(expected) / 80)
     assert all(d["elements_differing"] == 1 and d["max_abs_diff"] == 1 for d in f["disagreements"])
@@ -251,95 +310,123 @@ def test_disagreements_are_listed(tmp_path):
     assert "DIFFER" in html_text and 'class="disagreements"' in html_text
 
 
-def test_resume_does_not_redo_samples(tmp_path):
-    engine = FakeEngine()
+def test_resume_does_not_redo_samples(tmp_path, host_engine):
+    tap = Tap(host_engine)
 
     def stop_after_seven(done, total):
         if done == 7:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, engine, on_sample=stop_after_seven)
+        _run(tmp_path, tap, on_sample=stop_after_seven)
     (run_dir,) = (tmp_path / "results" / "reports").iterdir()
     first = load_samples(run_dir / "samples.jsonl")
-    assert len(first) == 7 and len(engine.calls) == 7
+    assert len(first) == 7 and len(tap.calls) == 7
     with open(run_dir / "samples.jsonl", "a") as f:
         f.write('{"i": 59, "label": 3, "dev')  # a line torn by the interruption: redone, not trusted
 
-    again = FakeEngine()
+    again = Tap(host_engine)
     rep = _run(tmp_path, again)
     assert rep["run_id"] == run_dir.name and rep["resumed"]
-    assert len(again.calls) == 60 - 7  # only the samples not done before
+    fitted = fit_to_model(load_dataset("digits"), input_spec(centroid_graph()), 10)
+    assert sorted(again.calls) == sorted(_key(fitted.x[i]) for i in range(7, 60))  # only those not done
     lines = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()[:7]]
     assert [r["i"] for r in lines] == sorted(first)
     assert rep["figures"]["samples"] == 60 and rep["throughput"]["samples"] == 53
     # the same command again: nothing left to run in that (limited, so unfinished) run
-    third = FakeEngine()
+    third = Tap(host_engine)
     rep3 = _run(tmp_path, third)
     assert rep3["run_id"] == rep["run_id"] and third.calls == [] and rep3["figures"]["samples"] == 60
     # the whole data set finishes the run; after that, the same command starts a new one
-    fourth = FakeEngine()
-    assert (
-        _run(tmp_path, fourth, limit=None)["run_id"] == rep["run_id"]
-        and len(fourth.calls) == len(load_dataset("digits")) - 60
-    )
-    fifth = FakeEngine()
+    fourth = Tap(host_engine)
+    rep4 = _run(tmp_path, fourth, limit=None)
+    assert rep4["run_id"] == rep["run_id"] and len(fourth.calls) == len(fitted.x) - 60
+    assert rep4["figures"]["samples"] == len(fitted.x) and rep4["figures"]["agreement"] == 1.0
+    fifth = Tap(host_engine)
     assert _run(tmp_path, fifth, limit=20)["run_id"] != rep["run_id"] and len(fifth.calls) == 20
 
 
-def test_limit_then_full_run_continues(tmp_path):
-    e1 = FakeEngine()
-    r1 = _run(tmp_path, e1, limit=10)
-    e2 = FakeEngine()
-    r2 = _run(tmp_path, e2, limit=25)
-    assert r2["run_id"] == r1["run_id"] and len(e2.calls) == 15 and r2["figures"]["samples"] == 25
+def test_limit_then_full_run_continues(tmp_path, host_engine):
+    r1 = _run(tmp_path, Tap(host_engine), limit=10)
+    tap = Tap(host_engine)
+    r2 = _run(tmp_path, tap, limit=25)
+    assert r2["run_id"] == r1["run_id"] and len(tap.calls) == 15 and r2["figures"]["samples"] == 25
 
 
-def test_explicit_resume_checks_the_run(tmp_path):
-    rep = _run(tmp_path, FakeEngine(), limit=5)
+def test_explicit_resume_checks_the_run(tmp_path, host_engine, builds):
+    rep = _run(tmp_path, host_engine, limit=5)
     with pytest.raises(HarnessError, match="no accuracy run 'nope'"):
-        _run(tmp_path, FakeEngine(), resume="nope")
-    other = FakeEngine()
-    other.digest = "0" * 64  # a different model: its results cannot continue this run
+        _run(tmp_path, host_engine, resume="nope")
+    # another real model on the same board and data: its results cannot continue this run
+    graph, _ = _digits_cnn()
     with pytest.raises(HarnessError, match="cannot be resumed"):
-        _run(tmp_path, other, resume=rep["run_id"])
-    again = FakeEngine()
+        run_accuracy(
+            F746, graph, "digits", target="host", resume=rep["run_id"], results_dir=tmp_path / "results",
+            build_dir=str(builds), progress=False,
+        )  # fmt: skip
+    again = Tap(host_engine)
     r = _run(tmp_path, again, resume=rep["run_id"], limit=8)
     assert r["run_id"] == rep["run_id"] and len(again.calls) == 3
 
 
-def test_parallel_jobs_split_the_samples(tmp_path):
-    engine = FakeEngine()
-    rep = _run(tmp_path, engine, jobs=3, limit=50)
-    assert engine.opened == 3 and len(engine.calls) == 50 and len(set(rep["figures"]["confusion"][0])) >= 1
+def test_an_engine_for_another_model_is_refused(tmp_path, host_engine):
+    graph, _ = _digits_cnn()
+    with pytest.raises(HarnessError, match="prepared for another model"):
+        run_accuracy(F746, graph, "digits", engine=host_engine, results_dir=tmp_path, progress=False)
+    assert not (tmp_path / "reports").exists()
+
+
+def test_parallel_jobs_split_the_samples(tmp_path, host_engine):
+    tap = Tap(host_engine)
+    rep = _run(tmp_path, tap, jobs=3, limit=150)
+    assert len(tap.runners) == 3 and len(tap.calls) == 150
     recs = load_samples(tmp_path / "results" / "reports" / rep["run_id"] / "samples.jsonl")
-    assert sorted(recs) == list(range(50))
-    assert rep["throughput"]["jobs"] == 3
+    assert sorted(recs) == list(range(150))
+    assert rep["throughput"]["jobs"] == 3 and rep["figures"]["agreement"] == 1.0
 
 
-def test_device_failure_is_recorded_and_kept(tmp_path):
+def test_device_failure_is_recorded_and_kept(tmp_path, host_engine):
     with pytest.raises(TargetError, match="stopped answering"):
-        _run(tmp_path, FakeEngine(fail_at=5))
+        _run(tmp_path, Tap(host_engine, fail_at=5))
     (store,) = list(results.read("accuracy", tmp_path / "results"))
     assert store["status"] == "failed" and "stopped answering" in store["reason"]
     (run_dir,) = (tmp_path / "results" / "reports").iterdir()
     assert len(load_samples(run_dir / "samples.jsonl")) == 5
-    engine = FakeEngine()
-    _run(tmp_path, engine)
-    assert len(engine.calls) == 55
+    tap = Tap(host_engine)
+    _run(tmp_path, tap)
+    assert len(tap.calls) == 55
 
 
-def test_host_target_has_no_counts(tmp_path):
-    rep = _run(tmp_path, FakeEngine(hello=None), limit=10)
+@pytest.mark.qemu
+def test_qemu_dying_mid_run_is_recorded_and_resumed(tmp_path, qemu_engine):
+    """The QEMU process is killed before the 9th sample: the protocol itself finds the dead device."""
+    with pytest.raises(TargetError, match="connection to the device broke at sample 8.*QEMU exited"):
+        _run(tmp_path, Tap(qemu_engine, kill_at=8), limit=20, timeout=5.0)
+    (store,) = list(results.read("accuracy", tmp_path / "results"))
+    assert store["status"] == "failed" and store["reason"].startswith("TargetError") and "broke" in store["reason"]
+    (run_dir,) = (tmp_path / "results" / "reports").iterdir()
+    assert sorted(load_samples(run_dir / "samples.jsonl")) == list(range(8))
+    tap = Tap(qemu_engine)
+    rep = _run(tmp_path, tap, limit=20)
+    assert rep["run_id"] == run_dir.name and len(tap.calls) == 12 and rep["figures"]["agreement"] == 1.0
+
+
+def test_host_target_has_no_counts(tmp_path, host_engine):
+    rep = _run(tmp_path, host_engine, limit=10)
+    assert rep["target"] == "host" and rep["counting"]["source"] is None
     assert rep["figures"]["latency"] is None and "plot-latency" not in open(rep["files"]["html"]).read()
+    recs = load_samples(tmp_path / "results" / "reports" / rep["run_id"] / "samples.jsonl")
+    assert len(recs) == 10 and all(r["ticks"] is None and r["count"] is None for r in recs.values())
 
 
 def test_mismatched_dataset_fails_before_the_engine(tmp_path):
     np.savez(tmp_path / "cats.npz", x=np.zeros((3, 8, 8)), y=np.array([0, 1, 11]))
-    engine = FakeEngine()
     with pytest.raises(HarnessError, match="only 10 outputs"):
-        run_accuracy(BOARD, _graph(), str(tmp_path / "cats.npz"), engine=engine, results_dir=tmp_path, progress=False)
-    assert engine.opened == 0 and not (tmp_path / "reports").exists()
+        run_accuracy(
+            F746, centroid_graph(), str(tmp_path / "cats.npz"), target="host", results_dir=tmp_path,
+            build_dir=str(tmp_path / "b"), progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "b").exists() and not (tmp_path / "reports").exists()  # nothing generated or built
 
 
 def test_cli_registers_accuracy():
@@ -351,73 +438,60 @@ def test_cli_registers_accuracy():
     assert args.jobs == 2 and args.target == "auto" and args.func.__name__ == "cmd_accuracy"
 
 
-# --- end to end: the real digits_cnn -------------------------------------------------------------------
-
-
-def _digits_cnn():
-    zoo = pytest.importorskip("harness.zoo")
-    pytest.importorskip("harness.codegen")
-    pytest.importorskip("harness.reference")
-    if "digits_cnn" not in getattr(zoo, "ZOO", {}):
-        pytest.skip("the zoo has no digits_cnn yet")
-    return zoo.resolve_model("digits_cnn")[0]
-
-
-def test_digits_cnn_on_the_host_build(tmp_path):
-    graph = _digits_cnn()
-    pytest.importorskip("harness.targets.host")
-    rep = run_accuracy(
-        "nucleo-f746", graph, "digits", target="host", results_dir=tmp_path, build_dir=str(tmp_path / "b")
-    )
-    f = rep["figures"]
-    assert f["samples"] == len(load_dataset("digits"))
-    assert f["agreement"] == 1.0 and f["device_top1"] == f["host_top1"] >= 0.95
-
-
-@pytest.mark.qemu
-def test_digits_cnn_on_qemu_whole_split(tmp_path):
-    from conftest import require_tools
-
-    require_tools("qemu-system-arm", "arm-none-eabi-gcc")
-    graph = _digits_cnn()
-    rep = run_accuracy(
-        "nucleo-f746",
-        graph,
-        "digits",
-        target="auto",
-        jobs=2,
-        results_dir=tmp_path,
-        build_dir=str(tmp_path / "b"),
-    )
-    f = rep["figures"]
-    assert rep["target"] == "qemu" and rep["counting"]["source"] == "qemu-icount"
-    assert f["samples"] == len(load_dataset("digits"))
-    assert f["agreement"] == 1.0 and f["disagreements"] == []
-    assert f["device_top1"] == f["host_top1"] >= 0.95
-    assert f["latency"]["unit"] == "instructions" and f["latency"]["min"] > 0
-    assert "not cycles" in open(rep["files"]["html"], encoding="utf-8").read()
-
-
 def test_cli_runs_and_prints(tmp_path, monkeypatch, capsys):
-    import harness.accuracy as acc
     from harness.cli import main
 
-    real = acc.run_accuracy
-
-    def with_fake_device(board, model, dataset, **kw):
-        assert (board, model, dataset) == ("nucleo-f746", "digits_cnn", "digits")
-        kw.update(engine=FakeEngine(), reference_fn=classify, progress=False)
-        return real(BOARD, _graph(), dataset, **kw)
-
-    monkeypatch.setattr(acc, "run_accuracy", with_fake_device)
-    argv = ["accuracy", "--board", "nucleo-f746", "--model", "digits_cnn", "--dataset", "digits"]
+    monkeypatch.setenv("HARNESS_BUILD_DIR", str(tmp_path / "build"))
+    argv = ["accuracy", "--board", "nucleo-f746", "--model", "digits_cnn", "--dataset", "digits", "--target", "host"]
     assert main([*argv, "--limit", "12", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "device top-1" in out and "report.html" in out
     assert main([*argv, "--limit", "12", "--results", str(tmp_path), "--json", "--no-resume"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["figures"]["samples"] == 12 and summary["disagreements"] == 0
+    assert summary["model"] == "digits_cnn" and summary["target"] == "host"
     assert len(list(results.read("accuracy", tmp_path))) == 2
+
+
+# --- end to end: the real digits_cnn -------------------------------------------------------------------
+
+
+def _digits_cnn():
+    from harness.zoo import resolve_model
+
+    return resolve_model("digits_cnn")
+
+
+def test_digits_cnn_on_the_host_build(tmp_path, builds):
+    graph, _ = _digits_cnn()
+    rep = run_accuracy(F746, graph, "digits", target="host", results_dir=tmp_path, build_dir=str(builds))
+    f = rep["figures"]
+    assert f["samples"] == len(load_dataset("digits"))
+    assert f["agreement"] == 1.0 and f["device_top1"] == f["host_top1"] >= 0.95
+
+
+@pytest.mark.qemu
+def test_digits_cnn_on_qemu_whole_split(tmp_path, builds):
+    """The trained model over the whole held-out split on nucleo-f746 (its QEMU fallback here), two QEMU
+    instances side by side: the device gets the host's top-1 on every sample, bit for bit."""
+    from conftest import require_tools
+
+    require_tools("qemu-system-arm", "arm-none-eabi-gcc")
+    graph, _ = _digits_cnn()
+    engine = prepare(F746, graph, "auto", build_dir=str(builds))
+    if engine.target_kind != "qemu":
+        pytest.skip(f"a probe for {F746.name} is attached: this test is about its QEMU fallback")
+    tap = Tap(engine)
+    rep = run_accuracy(F746, graph, "digits", jobs=2, results_dir=tmp_path, engine=tap)
+    f = rep["figures"]
+    assert rep["target"] == "qemu" and rep["counting"]["source"] == "qemu-icount"
+    pids = {r.runner.session.proc.pid for r in tap.runners}
+    assert len(pids) == 2 and all(r.served > 0 for r in tap.runners)  # two QEMU processes, both worked
+    assert f["samples"] == len(load_dataset("digits")) == len(tap.calls)
+    assert f["agreement"] == 1.0 and f["disagreements"] == []
+    assert f["device_top1"] == f["host_top1"] >= 0.95
+    assert f["latency"]["unit"] == "instructions" and f["latency"]["min"] > 0
+    assert "not cycles" in open(rep["files"]["html"], encoding="utf-8").read()
 
 
 @pytest.mark.parametrize("classes", [2, 40])
@@ -440,9 +514,9 @@ def test_plots_for_few_and_many_classes(classes):
     assert _png_size(pngs["confusion"])[0] > (600 if classes == 40 else 300)
 
 
-def test_html_renders_in_headless_chromium(tmp_path):
+def test_html_renders_in_headless_chromium(tmp_path, host_engine):
     """Where a Chromium is installed, the page renders to a non-blank screenshot (elsewhere the structure is
-    checked with html.parser in test_run_report_and_store)."""
+    checked with html.parser in test_report_and_store_on_qemu)."""
     import shutil
     import subprocess
 
@@ -451,7 +525,7 @@ def test_html_renders_in_headless_chromium(tmp_path):
     )
     if browser is None:
         pytest.skip("no Chromium installed: the page's structure is checked with html.parser instead")
-    rep = _run(tmp_path, FakeEngine(), limit=30)
+    rep = _run(tmp_path, host_engine, limit=30)
     shot = tmp_path / "page.png"
     args = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}"]
     args += ["--window-size=1200,2400", f"file://{rep['files']['html']}"]
