@@ -133,6 +133,12 @@ def run_accuracy(
     if jobs > 1 and engine.target_kind == "pyocd":
         say("one board, one probe: --jobs applies to QEMU and host targets; running 1 job")
         jobs = 1
+    cores = os.cpu_count() or 1
+    if jobs > 1 and engine.target_kind == "qemu" and 3 * jobs > 2 * cores:
+        # Measured: one QEMU instance (-icount, the firmware polling its UART) keeps about a core busy and the
+        # harness's side of the protocol half another, so jobs beyond 2/3 of the cores only share them.
+        say(f"{jobs} QEMU instances on {cores} CPU cores: each needs about a core and a half, so more than "
+            f"{max(1, 2 * cores // 3)} job(s) will not run faster here")  # fmt: skip
 
     key = run_key(engine.digest, board.name, engine.target_kind, fitted.digest)
     run_dir, run_id, resumed = _open_run(key, resume, results_dir)

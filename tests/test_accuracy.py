@@ -429,6 +429,30 @@ def test_mismatched_dataset_fails_before_the_engine(tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "reports").exists()  # nothing generated or built
 
 
+def test_folder_and_npz_data_sets_on_the_real_engine(tmp_path, host_engine):
+    """The same 40 held-out digits as PNG files in class folders and as a uint8 .npz: stretched over the
+    model's 0..16 input, a pixel round(p * 255 / 16) quantizes to the very int8 the built-in set gives, so
+    the device classifies them the same way."""
+    from PIL import Image
+
+    from harness.zoo import digits_split
+
+    _, _, x_te, y_te = digits_split()
+    imgs = np.round(x_te[:40] * 255 / 16).astype(np.uint8)
+    for k, (img, y) in enumerate(zip(imgs, y_te[:40], strict=True)):
+        (tmp_path / "png" / str(y)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "png" / str(y) / f"{k:03d}.png")
+    np.savez(tmp_path / "d.npz", x=imgs, y=y_te[:40])
+    builtin = _run(tmp_path, host_engine, limit=40)["figures"]
+    for source in (tmp_path / "png", tmp_path / "d.npz"):
+        f = run_accuracy(
+            F746, centroid_graph(), str(source), target="host", engine=host_engine, results_dir=tmp_path / "r",
+            progress=False,
+        )["figures"]  # fmt: skip
+        assert f["samples"] == 40 and f["agreement"] == 1.0, source
+        assert f["device_top1"] == builtin["device_top1"] and f["confusion"] == builtin["confusion"], source
+
+
 def test_cli_registers_accuracy():
     from harness.cli import build_parser
 
