@@ -249,6 +249,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
         return im.size
 
 
+@pytest.mark.qemu
 def test_report_and_store_on_qemu(tmp_path, qemu_engine):
     """60 samples through the firmware on the M7 fallback: records, figures, counts, store, HTML, plots."""
     tap = Tap(qemu_engine)
@@ -414,7 +415,16 @@ def test_qemu_dying_mid_run_is_recorded_and_resumed(tmp_path, qemu_engine):
 def test_host_target_has_no_counts(tmp_path, host_engine):
     rep = _run(tmp_path, host_engine, limit=10)
     assert rep["target"] == "host" and rep["counting"]["source"] is None
-    assert rep["figures"]["latency"] is None and "plot-latency" not in open(rep["files"]["html"]).read()
+    assert rep["figures"]["latency"] is None
+    page = _Page()
+    page.feed(open(rep["files"]["html"], encoding="utf-8").read())
+    page.close()
+    assert page.open == [] and "host compiler: no counts" in " ".join(page.text)
+    plots = {img["id"]: img["src"] for img in page.imgs}
+    assert set(plots) == {"plot-confusion", "plot-per_class"}  # no latency plot without counts
+    for src in plots.values():
+        w, h = _png_size(base64.b64decode(src.split(",", 1)[1]))
+        assert 300 <= w <= 2000 and 200 <= h <= 2000
     recs = load_samples(tmp_path / "results" / "reports" / rep["run_id"] / "samples.jsonl")
     assert len(recs) == 10 and all(r["ticks"] is None and r["count"] is None for r in recs.values())
 
