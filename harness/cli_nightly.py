@@ -1,0 +1,161 @@
+"""`harness nightly`, `harness baseline accept`, `harness history`: regression runs and their trends.
+
+Exit codes of `harness nightly`: 0 clean (no regression, no failed cell), 1 a regression or a failed cell,
+2 the run itself broke (invalid matrix, unreadable baseline, or no cell could measure anything)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers) -> None:
+    n = subparsers.add_parser(
+        "nightly",
+        help="run a matrix of boards x models x options and judge it against a baseline",
+        description="Runs every cell of the matrix (bench, and accuracy where the cell names a data set), "
+        "judges it against results/baselines/<matrix>.json or the last passing run, and writes "
+        "results/nightly/<run id>/report.html, summary.md and junit.xml. Exit: 0 clean, 1 regression or "
+        "failed cell, 2 the run itself broke.",
+    )
+    n.add_argument("--matrix", default="nightly.toml", help="the matrix file (default ./nightly.toml)")
+    n.add_argument("--jobs", "-j", type=int, default=1, help="cells run side by side (each its own QEMU)")
+    n.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
+    n.add_argument("--baseline", default=None, help="a baseline file (default results/baselines/<matrix>.json)")
+    n.add_argument("--build-dir", default=None, help="build cache root (default ./build or $HARNESS_BUILD_DIR)")
+    n.add_argument("--json", action="store_true", help="print the run's verdict as JSON")
+    n.set_defaults(func=cmd_nightly)
+
+    b = subparsers.add_parser("baseline", help="manage nightly baselines")
+    bsub = b.add_subparsers(dest="baseline_command", required=True)
+    acc = bsub.add_parser("accept", help="promote a nightly run to results/baselines/<matrix>.json")
+    acc.add_argument("run_id")
+    acc.add_argument("--results", default=None)
+    acc.add_argument("--output", default=None, help="write the baseline here instead")
+    acc.set_defaults(func=cmd_baseline_accept)
+
+    h = subparsers.add_parser("history", help="one metric of one board and model over time: table and plot")
+    h.add_argument("--board", required=True)
+    h.add_argument("--model", required=True)
+    h.add_argument(
+        "--metric",
+        required=True,
+        help="instructions | cycles | count | peak_sram_bytes | flash_bytes | arena_bytes | peak_stack_bytes | "
+        "latency_ms | accuracy",
+    )
+    h.add_argument("--opt", default=None, help="only runs built with this flag, e.g. -O2")
+    h.add_argument("--nightly-only", action="store_true", help="only runs made by `harness nightly`")
+    h.add_argument("--results", default=None)
+    h.add_argument("--plot", default=None, help="PNG path (default results/history/<board>__<model>__<metric>.png)")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_history)
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from harness.cli import _print_json, console, err_console
+    from harness.errors import HarnessError
+    from harness.nightly import EXIT_BROKEN, run_nightly
+
+    say = err_console.print if args.json else console.print
+    try:
+        run = run_nightly(args.matrix, max(1, args.jobs), args.results, args.baseline, args.build_dir, say=say)
+    except HarnessError as e:  # the run itself broke: exit 2 (the CLI's HarnessError path also gives 2)
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return EXIT_BROKEN
+    if args.json:
+        _print_json(
+            {
+                "run_id": run.run_id,
+                "matrix": run.matrix,
+                "exit_code": run.exit_code,
+                "baseline": run.baseline,
+                "seconds": run.seconds,
+                "files": run.files,
+                "cells": [
+                    {k: c.get(k) for k in ("cell", "status", "reason", "metrics", "verdict", "seconds")}
+                    for c in run.cells
+                ],
+            }
+        )
+        return run.exit_code
+    _print_cells(run.cells)
+    from harness.report import verdict_line
+
+    console.print(verdict_line(run.matrix, run.run_id, run.cells, run.exit_code), highlight=False)
+    console.print(
+        f"{run.seconds:.1f} s; reports: {run.files.get('html')}, {run.files.get('markdown')}, {run.files.get('junit')}"
+    )
+    return run.exit_code
+
+
+def _print_cells(cells: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from harness.cli import console
+    from harness.report import STATUS_STYLE, check_text
+
+    t = Table(title="nightly cells", title_justify="left")
+    for c in ("cell", "verdict", "instructions/cycles", "peak SRAM", "flash", "accuracy", "notes"):
+        t.add_column(c)
+    for c in cells:
+        v = c["verdict"]
+        checks = {x["metric"]: x for x in v["checks"]}
+        m = c.get("metrics", {})
+        count_metric = "instructions" if "instructions" in m else "cycles"
+        t.add_row(
+            c["cell"],
+            f"[{STATUS_STYLE[v['status']]}]{v['status']}[/]",
+            check_text(count_metric, m, checks),
+            check_text("peak_sram_bytes", m, checks),
+            check_text("flash_bytes", m, checks),
+            check_text("accuracy", m, checks),
+            "; ".join(v["notes"]),
+        )
+    console.print(t)
+
+
+def cmd_baseline_accept(args: argparse.Namespace) -> int:
+    from harness.cli import console
+    from harness.nightly import accept_baseline
+
+    path, data = accept_baseline(args.run_id, args.results, args.output)
+    console.print(f"baseline for matrix {data['matrix']}: run {data['run_id']}, {len(data['cells'])} cells -> {path}")
+    if data["skipped_failed_cells"]:
+        console.print(f"not in the baseline (failed in that run): {', '.join(data['skipped_failed_cells'])}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from harness.cli import _table, console
+    from harness.report import history_plot, metric_history
+
+    rows = metric_history(
+        args.board, args.model, args.metric, args.results, opt=args.opt, nightly_only=args.nightly_only
+    )
+    plot = history_plot(rows, args.board, args.model, args.metric, args.results, args.plot) if rows else None
+    if args.json:
+        print(json.dumps({"board": args.board, "model": args.model, "metric": args.metric, "plot": plot and str(plot),
+                          "points": rows}, indent=2, default=str))  # fmt: skip
+        return 0
+    if not rows:
+        console.print(f"no recorded {args.metric} for {args.model} on {args.board}")
+        return 0
+    table_rows = []
+    prev = None
+    for r in rows:
+        delta = "" if prev is None or not prev else f"{100.0 * (r['value'] - prev) / prev:+.3f} %"
+        table_rows.append(
+            [r["time"], r["run_id"], r.get("nightly_run") or "", r.get("opt") or "", f"{r['value']:,}", delta]
+        )
+        prev = r["value"]
+    console.print(
+        _table(
+            f"{args.metric} of {args.model} on {args.board}",
+            ["time", "run", "nightly run", "opt", args.metric, "change"],
+            table_rows,
+            justify_from=4,
+        )  # fmt: skip
+    )
+    console.print(f"plot: {plot}")
+    return 0

@@ -1,0 +1,420 @@
+"""Reports of nightly runs and history: a self-contained HTML page (plots embedded as base64 PNG), a Markdown
+summary fit for a CI comment, JUnit XML (one testcase per cell) and trend plots per metric.
+
+Everything here reads the judged run (harness.nightly) and the results store; nothing measures."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from harness import results
+
+STATUS_STYLE = {
+    "ok": "green",
+    "improved": "blue",
+    "regression": "bold red",
+    "failed": "bold red",
+    "new": "white",
+    "xfail": "dim",
+}
+STATUS_COLOUR = {  # table cell backgrounds in the HTML page
+    "ok": "#d9f2d9",
+    "improved": "#d6e6fa",
+    "regression": "#f7c9c9",
+    "failed": "#f7c9c9",
+    "new": "#f2f2f2",
+    "xfail": "#e8e8e8",
+}
+TREND_METRICS = ("instructions", "cycles", "peak_sram_bytes", "flash_bytes", "accuracy")
+METRIC_LABEL = {
+    "instructions": "QEMU instructions (median; not cycles)",
+    "cycles": "DWT cycles (median)",
+    "peak_sram_bytes": "peak SRAM (bytes)",
+    "flash_bytes": "flash (bytes)",
+    "accuracy": "top-1 accuracy (%)",
+}
+HISTORY_RUNS = 30  # runs shown in the trend plots
+
+
+# --- text pieces -------------------------------------------------------------------------------------------
+
+
+def fmt_value(metric: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    if metric == "accuracy":
+        return f"{v:.2f} %"
+    return f"{int(v):,}"
+
+
+def fmt_delta(check: dict[str, Any]) -> str:
+    d = check["delta"]
+    if check["metric"] == "accuracy":
+        return f"{d:+.2f} pt"
+    if d == 0:
+        return "±0"
+    pct = check["delta_pct"]
+    pct_s = "" if math.isinf(pct) else f" ({pct:+.2f} %)"
+    return (
+        f"{int(d):+,}{pct_s}" if check["metric"] != "instructions" and check["metric"] != "cycles" else f"{pct:+.3f} %"
+    )
+
+
+def check_text(metric: str, metrics: dict[str, Any], checks: dict[str, dict[str, Any]]) -> str:
+    """'1,234 (+0.500 %)' for a compared metric, '1,234' for one without a baseline, '-' when absent."""
+    if metric not in metrics:
+        return "-"
+    s = fmt_value(metric, metrics[metric])
+    if metric in checks:
+        s += f" ({fmt_delta(checks[metric])})"
+    return s
+
+
+def counts(cells: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in cells:
+        s = c["verdict"]["status"]
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+def verdict_line(matrix: str, run_id: str, cells: list[dict[str, Any]], exit_code: int) -> str:
+    n = counts(cells)
+    word = {0: "CLEAN", 1: "REGRESSION", 2: "BROKEN"}[exit_code]
+    parts = [f"{n[s]} {s}" for s in ("regression", "failed", "improved", "ok", "new", "xfail") if n.get(s)]
+    return f"nightly {matrix} {run_id}: {word} (exit {exit_code}): {', '.join(parts)}"
+
+
+def problems(cell: dict[str, Any]) -> list[str]:
+    """What went wrong in a cell, one line each: the metrics that regressed, or why it failed."""
+    v = cell["verdict"]
+    if v["status"] == "failed":
+        return list(v["notes"])
+    return [
+        f"{c['metric']} {fmt_value(c['metric'], c['baseline'])} -> {fmt_value(c['metric'], c['value'])} "
+        f"({fmt_delta(c)}, allowed {c['allowed']})"
+        for c in v["checks"]
+        if c["verdict"] == "regression"
+    ]
+
+
+def improvements(cell: dict[str, Any]) -> list[str]:
+    return [
+        f"{c['metric']} {fmt_value(c['metric'], c['baseline'])} -> {fmt_value(c['metric'], c['value'])} "
+        f"({fmt_delta(c)})"
+        for c in cell["verdict"]["checks"]
+        if c["verdict"] == "improved"
+    ]
+
+
+# --- Markdown ----------------------------------------------------------------------------------------------
+
+
+def markdown(run: dict[str, Any]) -> str:
+    cells = run["cells"]
+    lines = [f"### {verdict_line(run['matrix'], run['run_id'], cells, run['exit_code'])}", ""]
+    lines.append(f"Baseline: {run.get('baseline') or 'none yet (every cell is new)'}; {len(cells)} cells in "
+                 f"{run.get('seconds', 0):.0f} s with {run.get('jobs', 1)} job(s).")  # fmt: skip
+    bad = [c for c in cells if c["verdict"]["status"] in ("regression", "failed")]
+    good = [c for c in cells if c["verdict"]["status"] == "improved"]
+    if bad:
+        lines += ["", "**Needs attention**", "", "| cell | verdict | what |", "|---|---|---|"]
+        lines += [f"| `{c['cell']}` | {c['verdict']['status']} | {_md('; '.join(problems(c)))} |" for c in bad]
+    if good:
+        lines += ["", "**Improved**", "", "| cell | what |", "|---|---|"]
+        lines += [f"| `{c['cell']}` | {_md('; '.join(improvements(c)))} |" for c in good]
+    lines += ["", "<details><summary>All cells</summary>", ""]
+    lines += ["| cell | verdict | instructions/cycles | peak SRAM | flash | accuracy |", "|---|---|---|---|---|---|"]
+    for c in cells:
+        m, chk = c.get("metrics", {}), {x["metric"]: x for x in c["verdict"]["checks"]}
+        cm = "instructions" if "instructions" in m else "cycles"
+        lines.append(
+            f"| `{c['cell']}` | {c['verdict']['status']} | {check_text(cm, m, chk)} | "
+            f"{check_text('peak_sram_bytes', m, chk)} | {check_text('flash_bytes', m, chk)} | "
+            f"{check_text('accuracy', m, chk)} |"
+        )
+    lines += ["", "</details>", ""]
+    lines.append(
+        "QEMU figures are instruction counts (-icount), not cycles; exit 0 clean, 1 regression or failed cell, "
+        "2 the run broke."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _md(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+# --- JUnit -------------------------------------------------------------------------------------------------
+
+
+def junit(run: dict[str, Any]) -> str:
+    """One testcase per cell; <failure> for a regression or a failed cell, <skipped> for an expected failure."""
+    cells = run["cells"]
+    n = counts(cells)
+    suite = ET.Element(
+        "testsuite",
+        name=f"nightly.{run['matrix']}",
+        tests=str(len(cells)),
+        failures=str(n.get("regression", 0) + n.get("failed", 0)),
+        errors="0",
+        skipped=str(n.get("xfail", 0)),
+        time=f"{run.get('seconds', 0):.2f}",
+        timestamp=str(run.get("started", "")),
+    )
+    props = ET.SubElement(suite, "properties")
+    for k in ("run_id", "baseline", "report_dir"):
+        ET.SubElement(props, "property", name=k, value=str(run.get(k)))
+    for c in cells:
+        tc = ET.SubElement(
+            suite, "testcase", classname=f"nightly.{run['matrix']}.{c['board']}", name=c["cell"],
+            time=f"{c.get('seconds') or 0:.2f}",
+        )  # fmt: skip
+        v = c["verdict"]
+        if v["status"] in ("regression", "failed"):
+            what = problems(c)
+            f = ET.SubElement(tc, "failure", type=v["status"], message=f"{c['cell']}: {'; '.join(what)}")
+            f.text = "\n".join(what)
+        elif v["status"] == "xfail":
+            ET.SubElement(tc, "skipped", message="; ".join(v["notes"]))
+        out = [f"{k} = {val}" for k, val in sorted(c.get("metrics", {}).items())] + v["notes"] + improvements(c)
+        ET.SubElement(tc, "system-out").text = "\n".join(out)
+    root = ET.Element("testsuites", name="harness nightly", tests=suite.get("tests"), failures=suite.get("failures"))
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+# --- history and plots -------------------------------------------------------------------------------------
+
+
+def nightly_history(matrix: str, results_dir: str | Path | None = None, last: int = HISTORY_RUNS):
+    """A long table (run, cell, metric, value) of the matrix's passing cells over its last `last` runs."""
+    import pandas as pd
+
+    from harness.nightly import CELLS_KIND
+
+    rows = []
+    for r in results.read(CELLS_KIND, results_dir):
+        if r.get("matrix") != matrix or r.get("status") != "ok":
+            continue
+        for metric in TREND_METRICS:
+            v = r.get("metrics", {}).get(metric)
+            if v is not None:
+                rows.append({"run": r["nightly_run"], "cell": r["cell"], "metric": metric, "value": float(v)})
+    df = pd.DataFrame(rows, columns=["run", "cell", "metric", "value"])
+    if df.empty:
+        return df
+    runs = sorted(df["run"].unique())[-last:]  # run ids start with their UTC time: sorting is chronological
+    return df[df["run"].isin(runs)]
+
+
+def trend_plots(df, out_dir: Path) -> dict[str, Path]:
+    """One PNG per metric: each cell's value across runs, as % change from its first run shown (cells differ by
+    orders of magnitude; the change is what a night's reader needs). Accuracy is plotted as is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, Path] = {}
+    if df.empty:
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = sorted(df["run"].unique())
+    pos = {r: i for i, r in enumerate(runs)}
+    for metric in TREND_METRICS:
+        sub = df[df["metric"] == metric]
+        if sub.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(9, 4.2), dpi=90)
+        for cell, g in sub.groupby("cell", sort=True):
+            g = g.sort_values("run")
+            x = [pos[r] for r in g["run"]]
+            y = g["value"].to_numpy()
+            if metric != "accuracy":
+                y = 100.0 * (y - y[0]) / y[0] if y[0] else y * 0
+            ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=cell)
+        ax.set_title(METRIC_LABEL[metric] + ("" if metric == "accuracy" else ": change from the first run shown"))
+        ax.set_ylabel("%" if metric == "accuracy" else "change (%)")
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels([r[:15] for r in runs], rotation=30, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        path = out_dir / f"trend_{metric}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        out[metric] = path
+    return out
+
+
+def metric_history(
+    board: str,
+    model: str,
+    metric: str,
+    results_dir: str | Path | None = None,
+    opt: str | None = None,
+    nightly_only: bool = False,
+) -> list[dict[str, Any]]:
+    """Every recorded value of `metric` for `model` on `board`, oldest first, from the bench and accuracy stores."""
+    from harness.errors import HarnessError
+
+    known = ("instructions", "cycles", "count", "peak_sram_bytes", "flash_bytes", "arena_bytes", "peak_stack_bytes",
+             "latency_ms", "accuracy")  # fmt: skip
+    if metric not in known:
+        raise HarnessError(f"unknown metric {metric!r}; one of: {', '.join(known)}")
+    rows = []
+    if metric == "accuracy":
+        for r in results.read("accuracy", results_dir):
+            if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):
+                continue
+            v = (r.get("figures") or {}).get("device_top1")
+            if v is not None:
+                rows.append({"time": r.get("time"), "run_id": r["run_id"], "value": round(100.0 * v, 4),
+                             "dataset": r.get("dataset"), "nightly_run": None, "opt": None})  # fmt: skip
+        return rows
+    for r in results.read("bench", results_dir):
+        if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):
+            continue
+        tag = r.get("nightly") or {}
+        if nightly_only and not tag:
+            continue
+        r_opt = (r.get("options") or {}).get("opt")
+        if opt is not None and r_opt != opt:
+            continue
+        f = r.get("figures") or {}
+        if metric in ("instructions", "cycles", "count"):
+            if not f.get("count") or (metric != "count" and f.get("count_unit") != metric):
+                continue
+            v = f["count"]["median"]
+        else:
+            v = f.get(metric)
+        if v is None:
+            continue
+        rows.append({"time": r.get("time"), "run_id": r["run_id"], "nightly_run": tag.get("run_id"), "opt": r_opt,
+                     "source": f.get("count_source"), "value": v})  # fmt: skip
+    return rows
+
+
+def _same_model(recorded: str | None, wanted: str) -> bool:
+    return recorded is not None and (recorded == wanted or Path(recorded).name == Path(wanted).name)
+
+
+def history_plot(
+    rows: list[dict[str, Any]],
+    board: str,
+    model: str,
+    metric: str,
+    results_dir: str | Path | None = None,
+    path: str | Path | None = None,
+) -> Path:
+    """The metric over time as a PNG (default results/history/<board>__<model>__<metric>.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out = (
+        Path(path) if path else results.results_dir(results_dir) / "history" / _safe(f"{board}__{model}__{metric}.png")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    t = pd.to_datetime(df["time"], utc=True, errors="coerce")
+    fig, ax = plt.subplots(figsize=(8, 3.8), dpi=90)
+    ax.plot(t if t.notna().all() else range(len(df)), df["value"], marker="o", markersize=3)
+    label = METRIC_LABEL.get(metric, metric)
+    if metric == "count" and "source" in df and df["source"].eq("qemu-icount").all():
+        label = METRIC_LABEL["instructions"]
+    ax.set_title(f"{model} on {board}: {label}")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+# --- HTML --------------------------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: right; }
+th { background: #eee; } td.l { text-align: left; }
+.ok { background: #d9f2d9; } .improved { background: #d6e6fa; } .regression, .failed { background: #f7c9c9; }
+.new { background: #f2f2f2; } .xfail { background: #e8e8e8; }
+.worse { color: #b00; font-weight: bold; } .better { color: #0550ae; font-weight: bold; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }
+"""
+
+
+def html_page(run: dict[str, Any], plots: dict[str, Path]) -> str:
+    cells = run["cells"]
+    e = html.escape
+    head = verdict_line(run["matrix"], run["run_id"], cells, run["exit_code"])
+    colour = "#b00" if run["exit_code"] else "#070"
+    rows = []
+    for c in cells:
+        v = c["verdict"]
+        m, chk = c.get("metrics", {}), {x["metric"]: x for x in v["checks"]}
+        cm = "instructions" if "instructions" in m else "cycles"
+        tds = [f"<td class=l>{e(c['cell'])}</td>", f"<td class='l {v['status']}'>{e(v['status'])}</td>"]
+        for metric in (cm, "peak_sram_bytes", "flash_bytes", "accuracy"):
+            cls = ""
+            if metric in chk:
+                cls = {"regression": "worse", "improved": "better"}.get(chk[metric]["verdict"], "")
+            tds.append(f"<td class='{cls}'>{e(check_text(metric, m, chk))}</td>")
+        tds.append(f"<td>{c.get('seconds') or 0:.1f}</td>")
+        notes = problems(c) if v["status"] in ("failed", "regression") else improvements(c) + v["notes"]
+        tds.append(f"<td class=l>{e('; '.join(notes))}</td>")
+        rows.append(f"<tr class='{v['status']}'>{''.join(tds)}</tr>")
+    imgs = []
+    for metric, p in plots.items():
+        data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
+        imgs.append(
+            f"<h3>{e(METRIC_LABEL[metric])}</h3><img alt='trend of {e(metric)}' src='data:image/png;base64,{data}'>"
+        )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>nightly {e(run["matrix"])} {e(run["run_id"])}</title>
+<style>{CSS}</style></head><body>
+<h1>Nightly <code>{e(run["matrix"])}</code></h1>
+<p style="font-size:16px;color:{colour}"><b>{e(head)}</b></p>
+<p>{e(run.get("description") or "")}<br>Started {e(str(run.get("started")))}, {run.get("seconds", 0):.0f} s with
+{run.get("jobs", 1)} job(s). Baseline: {e(run.get("baseline") or "none yet (every cell is new)")}.</p>
+<p>Green: within thresholds; red: regression or failure; blue: improved beyond the threshold; grey: no baseline
+or an expected failure. QEMU figures are instruction counts (-icount), not cycles.</p>
+<table><tr><th>cell</th><th>verdict</th><th>instructions / cycles</th><th>peak SRAM (B)</th><th>flash (B)</th>
+<th>accuracy</th><th>s</th><th>notes</th></tr>
+{chr(10).join(rows)}
+</table>
+<h2>Trends (last {HISTORY_RUNS} runs of this matrix)</h2>
+{chr(10).join(imgs) or "<p>No history yet.</p>"}
+</body></html>
+"""
+
+
+def write_nightly_reports(run: dict[str, Any], results_dir: str | Path | None, out_dir: Path) -> dict[str, Path]:
+    """report.html, summary.md, junit.xml and the trend PNGs under results/nightly/<run id>/."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = trend_plots(nightly_history(run["matrix"], results_dir), out_dir / "plots")
+    files = {
+        "markdown": out_dir / "summary.md",
+        "junit": out_dir / "junit.xml",
+        "html": out_dir / "report.html",
+    }
+    files["markdown"].write_text(markdown(run), encoding="utf-8")
+    files["junit"].write_text(junit(run), encoding="utf-8")
+    files["html"].write_text(html_page(run, plots), encoding="utf-8")
+    return {**files, **{f"plot_{k}": v for k, v in plots.items()}}
