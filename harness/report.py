@@ -54,16 +54,15 @@ def fmt_value(metric: str, v: float | None) -> str:
 
 
 def fmt_delta(check: dict[str, Any]) -> str:
-    d = check["delta"]
-    if check["metric"] == "accuracy":
+    """Counts as a percentage (that is what the threshold is), bytes as bytes, accuracy in points."""
+    d, pct, metric = check["delta"], check["delta_pct"], check["metric"]
+    if metric == "accuracy":
         return f"{d:+.2f} pt"
+    if metric in ("instructions", "cycles"):
+        return f"{pct:+.3f} %"
     if d == 0:
-        return "±0"
-    pct = check["delta_pct"]
-    pct_s = "" if math.isinf(pct) else f" ({pct:+.2f} %)"
-    return (
-        f"{int(d):+,}{pct_s}" if check["metric"] != "instructions" and check["metric"] != "cycles" else f"{pct:+.3f} %"
-    )
+        return "±0 B"
+    return f"{int(d):+,} B" + ("" if math.isinf(pct) else f", {pct:+.2f} %")
 
 
 def check_text(metric: str, metrics: dict[str, Any], checks: dict[str, dict[str, Any]]) -> str:
