@@ -1,0 +1,126 @@
+"""Nightly reports from recorded-looking runs: JUnit parses and counts the cells, Markdown names the cell and
+the metric, the HTML page embeds trend plots over the history, and `harness history` reads the bench store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import xml.etree.ElementTree as ET
+
+from harness import nightly, report, results
+from harness.nightly import Thresholds, compare_cell
+
+
+def _cell(key, status="ok", **metrics):
+    board = key.split(":")[0]
+    return {"nightly_run": None, "matrix": "t", "cell": key, "board": board, "model": key.split(":")[1],
+            "status": status, "metrics": {"outputs_match": True, "count_source": "qemu-icount", **metrics},
+            "seconds": 1.5}  # fmt: skip
+
+
+def _run(rdir, run_id, cells, baseline=None):
+    """Store the cells as a nightly run would, judge them, and return the run dict reports read."""
+    judged = []
+    for c in cells:
+        c = {**c, "nightly_run": run_id}
+        results.append(nightly.CELLS_KIND, c, rdir)
+        judged.append({**c, "verdict": compare_cell(c, (baseline or {}).get(c["cell"]), Thresholds())})
+    code = nightly.exit_code(judged)
+    return {"run_id": run_id, "matrix": "t", "exit_code": code, "seconds": 3.0, "jobs": 1, "started": "now",
+            "baseline": "test", "cells": judged}  # fmt: skip
+
+
+def _three_runs(rdir):
+    a = _cell("qemu-m4:ad", instructions=1000, peak_sram_bytes=400, flash_bytes=9000)
+    d = _cell("qemu-m4:digits", instructions=500, peak_sram_bytes=300, flash_bytes=5000, accuracy=97.0)
+    _run(rdir, "20260101T000000Z-000001", [a, d])
+    _run(rdir, "20260102T000000Z-000002", [a, d])
+    base = {"qemu-m4:ad": a, "qemu-m4:digits": d}
+    worse = _cell("qemu-m4:ad", instructions=1500, peak_sram_bytes=400, flash_bytes=9000)
+    better = _cell("qemu-m4:digits", instructions=400, peak_sram_bytes=300, flash_bytes=5000, accuracy=97.0)
+    broken = {**_cell("qemu-m7:kws"), "status": "failed", "error": "DoesNotFitError", "reason": "DoesNotFitError: big",
+              "metrics": {}}  # fmt: skip
+    return _run(rdir, "20260103T000000Z-000003", [worse, better, broken], base)
+
+
+def test_junit_has_one_testcase_per_cell_and_fails_regressions_and_failures(tmp_path):
+    run = _three_runs(tmp_path)
+    root = ET.fromstring(report.junit(run))
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["qemu-m4:ad", "qemu-m4:digits", "qemu-m7:kws"]
+    assert suite.get("tests") == "3" and suite.get("failures") == "2"
+    failures = {c.get("name"): c.find("failure") for c in cases}
+    assert failures["qemu-m4:digits"] is None
+    assert failures["qemu-m4:ad"].get("type") == "regression" and "instructions" in failures["qemu-m4:ad"].get(
+        "message"
+    )
+    assert failures["qemu-m7:kws"].get("type") == "failed" and "DoesNotFitError" in failures["qemu-m7:kws"].get(
+        "message"
+    )
+
+
+def test_markdown_names_the_cell_the_metric_and_the_improvement(tmp_path):
+    md = report.markdown(_three_runs(tmp_path))
+    assert "REGRESSION (exit 1)" in md.splitlines()[0]
+    attention = md.split("**Needs attention**")[1].split("**Improved**")[0]
+    assert "`qemu-m4:ad`" in attention and "instructions 1,000 -> 1,500 (+50.000 %, allowed 0.1 %)" in attention
+    assert "`qemu-m7:kws`" in attention and "DoesNotFitError" in attention
+    improved = md.split("**Improved**")[1].split("<details>")[0]
+    assert "`qemu-m4:digits`" in improved and "-20.000 %" in improved
+
+
+def test_html_embeds_trend_plots_over_three_runs(tmp_path):
+    run = _three_runs(tmp_path)
+    history = report.nightly_history("t", tmp_path)
+    assert history["run"].nunique() == 3
+    files = report.write_nightly_reports(run, tmp_path, tmp_path / "out")
+    page = files["html"].read_text()
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    plots = {k for k in files if k.startswith("plot_")}
+    assert plots >= {"plot_instructions", "plot_peak_sram_bytes", "plot_flash_bytes", "plot_accuracy"}
+    assert len(images) == len(plots)
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert "src='http" not in page and "<link" not in page  # self-contained
+    for key, cls in (("qemu-m4:ad", "regression"), ("qemu-m4:digits", "improved"), ("qemu-m7:kws", "failed")):
+        assert re.search(rf"<tr class='{cls}'><td class=l>{re.escape(key)}</td>", page)
+    ET.parse(files["junit"])  # the written file parses too
+    assert files["markdown"].read_text().startswith("### nightly t")
+
+
+def _bench(rdir, board, model, median, opt="-O2", nightly_run=None, status="ok"):
+    rec = {"run_id": results.new_run_id(), "board": board, "model": model, "status": status, "options": {"opt": opt},
+           "figures": {"count_source": "qemu-icount", "count_unit": "instructions", "count": {"median": median},
+                       "peak_sram_bytes": 100, "flash_bytes": 200}}  # fmt: skip
+    if nightly_run:
+        rec["nightly"] = {"run_id": nightly_run, "matrix": "t", "cell": f"{board}:{model}"}
+    results.append("bench", rec, rdir)
+
+
+def test_history_table_json_and_plot(tmp_path, capsys):
+    from harness.cli import main
+
+    for i, v in enumerate((100, 110, 105)):
+        _bench(tmp_path, "nucleo-f412", "mlperf_ad", v, nightly_run=f"N{i}")
+    _bench(tmp_path, "nucleo-f412", "mlperf_ad", 999, opt="-O0")
+    _bench(tmp_path, "nucleo-f412", "mlperf_ad", 1, status="failed")
+    _bench(tmp_path, "nucleo-f746", "mlperf_ad", 7)
+    rows = report.metric_history("nucleo-f412", "mlperf_ad", "instructions", tmp_path)
+    assert [r["value"] for r in rows] == [100, 110, 105, 999]
+    assert [r["value"] for r in report.metric_history("nucleo-f412", "mlperf_ad", "count", tmp_path, opt="-O2")] == [
+        100,
+        110,
+        105,
+    ]
+    assert report.metric_history("nucleo-f412", "mlperf_ad", "cycles", tmp_path) == []
+    argv = ["history", "--board", "nucleo-f412", "--model", "mlperf_ad", "--metric", "instructions"]
+    assert main([*argv, "--nightly-only", "--results", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [p["value"] for p in out["points"]] == [100, 110, 105]
+    with open(out["plot"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main([*argv, "--results", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "+10.000 %" in text and "plot:" in text
+    assert main(["history", "--board", "b", "--model", "m", "--metric", "speed", "--results", str(tmp_path)]) == 2
