@@ -46,6 +46,15 @@ class Board:
     pyocd_pack: str = ""
     machine: str = ""  # QEMU -M name (QEMU entries only)
     icount_per_tick: float = 0.0  # QEMU entries only
+    # Real boards (docs/real-boards.md): the ST-LINK mbed board ids that identify the board behind a probe;
+    # a probe unique id (`remote:HOST:PORT` for `pyocd server --allow-remote`) and a pyserial URL
+    # (`/dev/ttyACM0`, `rfc2217://HOST:PORT`) that pin the board instead of discovering it; a CMSIS pack file
+    # for targets pyOCD does not carry built in.
+    board_ids: tuple[str, ...] = ()
+    probe: str = ""
+    serial: str = ""
+    pack: str = ""
+    clock_setup: bool = True  # false: keep the reset clock (a board whose clock tree cannot be driven)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -97,6 +106,7 @@ def _board(name: str, d: dict[str, Any], is_qemu: bool, path: Path) -> Board:
         known = {
             "core", "fpu", "dsp", "clock_hz", "flash_origin", "flash_bytes", "ram_origin", "ram_bytes", "uart",
             "qemu", "chip", "family", "reset_clock_hz", "pyocd_target", "pyocd_pack", "machine", "icount_per_tick",
+            "board_id", "probe", "serial", "pack", "clock_setup",
         }  # fmt: skip
         machine = d.get("machine", "")
         return Board(
@@ -119,12 +129,29 @@ def _board(name: str, d: dict[str, Any], is_qemu: bool, path: Path) -> Board:
             pyocd_pack=d.get("pyocd_pack", ""),
             machine=machine,
             icount_per_tick=float(d.get("icount_per_tick", 0.0)),
+            board_ids=_board_ids(d.get("board_id", ())),
+            probe=d.get("probe", ""),
+            serial=d.get("serial", ""),
+            pack=_pack_path(d.get("pack", ""), path),
+            clock_setup=bool(d.get("clock_setup", True)),
             extra={k: v for k, v in d.items() if k not in known},
         )
     except KeyError as e:
         raise HarnessError(f"{path}: board {name} lacks the field {e.args[0]!r}") from e
     except TypeError as e:
         raise HarnessError(f"{path}: board {name}: {e}") from e
+
+
+def _board_ids(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+
+
+def _pack_path(pack: str, catalogue: Path) -> str:
+    """A pack file named in boards.toml, relative to the catalogue's folder."""
+    if not pack:
+        return ""
+    p = Path(pack).expanduser()
+    return str(p if p.is_absolute() else catalogue.parent / p)
 
 
 def get_board(name: str, path: str | Path | None = None) -> Board:
