@@ -41,6 +41,7 @@ _STM32 = {
     "stm32l4": {"layout_sr_dr": 0, "rcc": 0x40021000, "gpio_en": 0x4C, "uart_en": 0x5C, "gpio0": 0x48000000},
 }
 _UART_EN_BIT = {"USART3": 18, "LPUART1": 0, "USART1": 4, "USART2": 17}
+_APB2_UARTS = {"USART1", "USART6"}  # F4/F7: enabled in RCC_APB2ENR (0x44), not APB1ENR
 
 
 @dataclass
@@ -114,7 +115,7 @@ def board_config(board: Board, qemu: bool, build_id: str) -> str:
             f"#define STM32_LPUART {1 if uart.kind == 'stm32-lpuart' else 0}",
             f"#define RCC_GPIO_EN_REG 0x{fam['rcc'] + fam['gpio_en']:08X}u",
             f"#define RCC_GPIO_EN_BIT {port}",
-            f"#define RCC_UART_EN_REG 0x{fam['rcc'] + fam['uart_en']:08X}u",
+            f"#define RCC_UART_EN_REG 0x{fam['rcc'] + _uart_en_offset(board.family, uart.peripheral, fam):08X}u",
             f"#define RCC_UART_EN_BIT {_UART_EN_BIT[uart.peripheral]}",
             f"#define GPIO_BASE 0x{fam['gpio0'] + 0x400 * port:08X}u",
             f"#define UART_TX_PIN {int(uart.tx[2:])}",
@@ -128,6 +129,10 @@ def board_config(board: Board, qemu: bool, build_id: str) -> str:
                 "REG32(0x40007004u) |= (1u << 9); } while (0)"
             )
     return "\n".join(lines) + "\n"
+
+
+def _uart_en_offset(family: str, peripheral: str, fam: dict) -> int:
+    return 0x44 if family in ("stm32f4", "stm32f7") and peripheral in _APB2_UARTS else fam["uart_en"]
 
 
 def linker_script(board: Board, qemu: bool) -> str:
