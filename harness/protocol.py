@@ -106,6 +106,10 @@ def parse_hello(p: bytes) -> Hello:
     return Hello(version, clock, arena, stack, macs, *strings, specs[:n_in], specs[n_in:])
 
 
+class LinkBroken(TargetError):
+    """The serial link itself failed (the port closed, QEMU died): nothing to retry."""
+
+
 class Device:
     """Requests to a device over any pyserial-like port (a COM port, or `socket://` for QEMU)."""
 
@@ -122,8 +126,11 @@ class Device:
     # --- framing ------------------------------------------------------------------------------------
 
     def _read_some(self, deadline: float) -> None:
-        self.port.timeout = max(0.01, min(0.5, deadline - time.monotonic()))
-        data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
+        try:
+            self.port.timeout = max(0.01, min(0.5, deadline - time.monotonic()))
+            data = self.port.read(max(1, getattr(self.port, "in_waiting", 0) or 1))
+        except OSError as e:  # pyserial's SerialException is an OSError
+            raise LinkBroken(f"{self.describe}: the connection to the device broke: {e}") from e
         if data:
             self._buf += data
             self.received += data
@@ -178,8 +185,11 @@ class Device:
         for _ in range(attempts):
             self._seq = (self._seq + 1) & 0xFF
             seq = self._seq
-            self.port.write(encode(kind, seq, payload))
-            self.port.flush()
+            try:
+                self.port.write(encode(kind, seq, payload))
+                self.port.flush()
+            except OSError as e:
+                raise LinkBroken(f"{self.describe}: the connection to the device broke: {e}") from e
             deadline = time.monotonic() + timeout
             mark = self.bytes_read
             try:
@@ -204,7 +214,7 @@ class Device:
                 if "refused" in str(e):
                     raise
             except TargetError as e:
-                if "faulted" in str(e):
+                if "faulted" in str(e) or isinstance(e, LinkBroken):
                     raise
                 name = REQUEST_NAMES.get(kind, f"0x{kind:02x}")
                 e = TargetError(
@@ -232,7 +242,11 @@ class Device:
                     return parse_hello(f.payload)
                 if f.kind == ERROR:
                     self._raise_error(f.payload)
-        except TargetError:
+        except LinkBroken:
+            raise
+        except TargetError as e:
+            if "faulted" in str(e):
+                raise
             return self.hello()
 
     def hello(self) -> Hello:

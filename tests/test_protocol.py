@@ -194,3 +194,21 @@ def test_repetitions_are_bounded():
     host, _ = socket.socketpair()
     with pytest.raises(ProtocolError, match="1..120"):
         P.Device(SocketPort(host)).infer(0)
+
+
+def test_a_broken_link_is_reported_at_once_not_retried():
+    import serial
+
+    class DeadPort(SocketPort):
+        reads = 0
+
+        def read(self, n: int) -> bytes:
+            DeadPort.reads += 1
+            raise serial.SerialException("device reports readiness to read but returned no data")
+
+    host, _ = socket.socketpair()
+    device = P.Device(DeadPort(host), timeout=5.0, retries=3, describe="board")
+    t0 = time.monotonic()
+    with pytest.raises(P.LinkBroken, match="board: the connection to the device broke"):
+        device.hello()
+    assert DeadPort.reads == 1 and time.monotonic() - t0 < 1
