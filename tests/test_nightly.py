@@ -271,3 +271,17 @@ def test_cells_on_one_physical_board_never_overlap(tmp_path, monkeypatch):
     assert all(board[i][1] <= board[i + 1][0] for i in range(2))  # one after another on the board
     qemu_spans = [tuple(map(float, (spans / f"q{i}.tflite").read_text().split()[:2])) for i in range(2)]
     assert any(q[0] < board[0][1] for q in qemu_spans)  # while QEMU cells ran beside them
+
+
+def test_qemu_counts_never_regress_within_one_tick():
+    base = qemu(instructions=20_000, count_resolution=40.0)
+    assert compare_cell(qemu(instructions=20_040, count_resolution=40.0), base, Thresholds())["status"] == "ok"
+    assert compare_cell(qemu(instructions=19_960, count_resolution=40.0), base, Thresholds())["status"] == "ok"
+    v = compare_cell(qemu(instructions=20_080, count_resolution=40.0), base, Thresholds())
+    assert v["status"] == "regression" and "at least 40" in v["checks"][0]["allowed"]
+
+
+def test_count_resolution_is_the_qemu_tick():
+    rec = {"board": "nucleo-f412", "figures": {"count_source": "qemu-icount"}}
+    assert nightly.count_resolution(rec) == 40.0
+    assert nightly.count_resolution({"board": "nucleo-f412", "figures": {"count_source": "dwt"}}) == 1.0
