@@ -121,11 +121,23 @@ uint64_t board_counter_read(void)
 }
 #endif
 
-uint32_t board_clock_hz(void) { return BOARD_CLOCK_HZ; }
+#if BOARD_CLOCK_SETUP
+#include "clock_stm32.h"
+static uint32_t core_clock_hz = BOARD_RESET_CLOCK_HZ;
+#else
+static const uint32_t core_clock_hz = BOARD_CLOCK_HZ;
+#endif
+
+uint32_t board_clock_hz(void) { return core_clock_hz; }
 
 void board_init(void)
 {
+#if BOARD_CLOCK_SETUP
+    core_clock_hz = clock_setup(); /* the reset clock again if the tree could not be set up */
+    uart_init(clock_uart_hz());
+#else
     uart_init(BOARD_CLOCK_HZ);
+#endif
     board_counter_start();
 }
 

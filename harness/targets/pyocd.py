@@ -248,9 +248,10 @@ class PyocdSession:
         h = self.hello
         if h.counter_source != "dwt":
             raise TargetError(f"{self.describe} counts with {h.counter_source!r}, not the DWT: a QEMU build?")
-        if h.clock_hz != self.board.clock_hz:
+        want = expected_clock_hz(self.board)
+        if h.clock_hz != want:
             raise TargetError(
-                f"{self.describe} runs at {h.clock_hz / 1e6:g} MHz, boards.toml says {self.board.clock_hz / 1e6:g} "
+                f"{self.describe} runs at {h.clock_hz / 1e6:g} MHz, boards.toml says {want / 1e6:g} "
                 "MHz: its clock setup fell back to the reset clock (no HSE input? see docs/real-boards.md); "
                 "cycle counts would not match the board's nominal latency"
             )
@@ -274,6 +275,13 @@ class PyocdSession:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close()
+
+
+def expected_clock_hz(board: Board) -> int:
+    """The clock a board's firmware must report: nominal once it sets its clock tree up, else the reset clock."""
+    from harness.build import clock_setup_for
+
+    return board.clock_hz if clock_setup_for(board, qemu=False) else board.reset_clock_hz
 
 
 def load_segments(elf: Path) -> list[tuple[int, bytes]]:
