@@ -192,6 +192,11 @@ class PyocdSession:
                 f"{self.describe}: pyOCD does not know the target {self.board.pyocd_target}: {e}; "
                 f"{pack_install_hint(self.board)}"
             ) from e
+        except OSError as e:  # a remote probe: the TCP connection to the pyOCD server
+            raise TargetError(
+                f"{self.describe}: cannot reach the pyOCD server: {e} (is `pyocd server --allow-remote` running "
+                "on that host and port, and the port open to this machine?)"
+            ) from e
         except exceptions.Error as e:
             raise TargetError(
                 f"{self.describe}: could not connect to the chip: {type(e).__name__}: {e} (is the board powered "
