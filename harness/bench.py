@@ -12,7 +12,7 @@ import os
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class BenchOptions:
     timeout: float = 120.0
     build_dir: str | None = None
     record: bool = True
+    probe: str = ""  # a probe unique id (`remote:HOST:PORT` for `pyocd server`), else boards.toml / discovery
+    serial: str = ""  # the board's serial port as a pyserial URL (`rfc2217://HOST:PORT` on another host)
 
 
 class OutputMismatch(HarnessError):
@@ -193,6 +195,8 @@ def run_bench(opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambd
     from harness.zoo import resolve_model
 
     board = get_board(opts.board)
+    if opts.probe or opts.serial:  # the command line pins the board's probe / port over boards.toml
+        board = replace(board, probe=opts.probe or board.probe, serial=opts.serial or board.serial)
     graph, label = resolve_model(opts.model)
     record: dict[str, Any] = {
         "run_id": results.new_run_id(),

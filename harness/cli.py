@@ -137,6 +137,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         results_dir=args.results,
         timeout=args.timeout,
+        probe=args.probe,
+        serial=args.serial,
     )
     if args.json:
         result = run_bench(opts, say=lambda msg: err_console.print(msg))
@@ -232,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     b.add_argument("--timeout", type=float, default=120.0, help="seconds one device request may take")
     b.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
+    b.add_argument("--probe", default="", help="probe unique id (see `harness probes`), or remote:HOST:PORT")
+    b.add_argument("--serial", default="", help="the board's serial port: /dev/ttyACM0, COM5, rfc2217://HOST:PORT")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
