@@ -125,9 +125,9 @@ class FakePyocd:
 # --- a device on a real pty -------------------------------------------------------------------------------
 
 
-def hello_payload(clock_hz: int, counter: str = "dwt", board: str = "nucleo-f412", arena: int = 2048) -> bytes:
-    p = struct.pack("<5I", protocol.VERSION, clock_hz, arena, 4096, 1000)
-    for s in (board, "cortex-m4", counter, "0123456789abcdef", "stub_plus_one"):
+def hello_payload(clock_hz: int, build_id: str, counter: str = "dwt", board: str = "nucleo-f412") -> bytes:
+    p = struct.pack("<5I", protocol.VERSION, clock_hz, 2048, 4096, 1000)
+    for s in (board, "cortex-m4", counter, build_id, "stub_plus_one"):
         p += bytes([len(s)]) + s.encode()
     p += bytes([1, 1])
     for _ in range(2):
@@ -194,7 +194,7 @@ def f412():
 
 
 def test_flash_verify_reset_and_hello_in_order(monkeypatch, f412, f412_build):
-    dev = PtyDevice(hello_payload(f412.clock_hz))
+    dev = PtyDevice(hello_payload(f412.clock_hz, f412_build.build_id))
     fake = FakePyocd(probes=[FakeProbe(UID)], on_reset=dev.boot)
     fake.install(monkeypatch)
     try:
@@ -338,13 +338,30 @@ def test_no_serial_port_for_the_probe(monkeypatch, f412, f412_build):
 
 
 def test_a_clock_setup_that_fell_back_is_an_error(monkeypatch, f412, f412_build):
-    dev = PtyDevice(hello_payload(16_000_000))  # HSI: the firmware could not reach 100 MHz
+    dev = PtyDevice(hello_payload(16_000_000, f412_build.build_id))  # HSI: the firmware could not reach 100 MHz
     FakePyocd(on_reset=dev.boot).install(monkeypatch)
     try:
         with pytest.raises(TargetError, match="runs at 16 MHz, boards.toml says 100 MHz"):
             targets.pyocd_target(replace(f412, serial=dev.path), UID).open(f412_build, timeout=1.0)
     finally:
         dev.close()
+
+
+def test_stale_firmware_and_a_qemu_counter_are_refused(monkeypatch, f412, f412_build):
+    for payload, error in [
+        (
+            hello_payload(f412.clock_hz, "feedfeedfeedfeed"),
+            f"runs firmware feedfeedfeedfeed, not {f412_build.build_id}",
+        ),
+        (hello_payload(f412.clock_hz, f412_build.build_id, counter="qemu-icount"), "not the DWT"),
+    ]:
+        dev = PtyDevice(payload)
+        FakePyocd(on_reset=dev.boot).install(monkeypatch)
+        try:
+            with pytest.raises(TargetError, match=error):
+                targets.pyocd_target(replace(f412, serial=dev.path), UID).open(f412_build, timeout=1.0)
+        finally:
+            dev.close()
 
 
 def test_a_qemu_build_is_refused(f412, tmp_path):

@@ -106,7 +106,7 @@ def f412_build(tmp_path_factory):
 
 def test_a_remote_board_over_rfc2217_and_a_remote_probe(monkeypatch, f412_build):
     board = get_board("nucleo-f412")
-    dev = PtyDevice(hello_payload(board.clock_hz))
+    dev = PtyDevice(hello_payload(board.clock_hz, f412_build.build_id))
     server = Rfc2217Server(dev.path)
     remote = "remote:127.0.0.1:5555"
     fake = FakePyocd(on_reset=dev.boot)  # the pyOCD API, as `pyocd server` would be reached through it

@@ -125,8 +125,10 @@ class PyocdSession:
         serial_url: str = "",
         verify: bool = True,
         startup_timeout: float = STARTUP_TIMEOUT,
+        build_id: str = "",
     ) -> None:
         self.board = board
+        self.build_id = build_id
         self.probe = probe
         self.elf = Path(elf)
         self.port = None
@@ -251,6 +253,11 @@ class PyocdSession:
 
     def _check_hello(self) -> None:
         h = self.hello
+        if self.build_id and h.build_id != self.build_id:
+            raise TargetError(
+                f"{self.describe} runs firmware {h.build_id}, not {self.build_id} just flashed: did the flash "
+                "take, and is this serial port the probe's own board?"
+            )
         if h.counter_source != "dwt":
             raise TargetError(f"{self.describe} counts with {h.counter_source!r}, not the DWT: a QEMU build?")
         want = expected_clock_hz(self.board)
@@ -318,4 +325,6 @@ class PyocdTarget:
     def open(self, build, timeout: float = 120.0) -> PyocdSession:
         if build.qemu:
             raise TargetError(f"{build.elf} was built for the QEMU fallback, not for the board")
-        return PyocdSession(self.board, self.probe, build.elf, timeout, self.serial_url, self.verify)
+        return PyocdSession(
+            self.board, self.probe, build.elf, timeout, self.serial_url, self.verify, build_id=build.build_id
+        )
