@@ -234,7 +234,8 @@ uint32_t clock_setup(void)
 #if STM32_FAMILY_L4
 /* RM0432 (L4+). 120 MHz = HSI16 / PLLM 2 * PLLN 30 / PLLR 2 (VCO 240 MHz, input 8 MHz). HSI16 rather than
  * HSE: no dependence on the ST-LINK MCO reaching OSC_IN (solder bridges differ between Nucleo-144 variants),
- * and HSI16 is trimmed to 1 % (MSI is not, without LSE). Range 1 boost (R1MODE = 0) for > 80 MHz, 5 wait states, AHB /1, APB /1. */
+ * and HSI16 is trimmed to 1 % (MSI is not, without LSE). Range 1 boost (R1MODE = 0) for > 80 MHz,
+ * 5 wait states, AHB /1, APB /1. */
 #define RCC 0x40021000u
 #define RCC_CR (RCC + 0x00u)
 #define RCC_CFGR (RCC + 0x08u)
