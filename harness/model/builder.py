@@ -21,6 +21,14 @@ _ACT = {
 }
 
 
+# ops whose int8 output must keep the input's quantization
+_KEEPS_QUANT = ("AVERAGE_POOL_2D", "MAX_POOL_2D", "RESHAPE", "PAD", "CONCATENATION")
+
+
+def _copy(q: Quant) -> Quant:
+    return Quant(q.scale.copy(), q.zero_point.copy())
+
+
 def _quant(lo: float, hi: float) -> Quant:
     """Asymmetric int8 quantization of [lo, hi] widened to include 0 (so zero is exact)."""
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
@@ -226,6 +234,57 @@ class GraphBuilder:
         h, w = self.shape(x)[1:3]
         # stride = filter, as TFLite's converters write a global pool
         return self.pool("AVERAGE_POOL_2D", x, (h, w), (h, w), "VALID", name=name or "global_pool")
+
+    def avg_pool(self, x, k, stride, padding="VALID", name=None) -> int:
+        return self.pool("AVERAGE_POOL_2D", x, k, stride, padding, name=name or f"avgpool{len(self.ops)}")
+
+    def max_pool(self, x, k, stride, padding="VALID", name=None) -> int:
+        return self.pool("MAX_POOL_2D", x, k, stride, padding, name=name or f"maxpool{len(self.ops)}")
+
+    def mean(self, x, keep_dims=False, name=None) -> int:
+        """MEAN over H and W (the other global-pool spelling converters write); its own calibrated output."""
+        name = name or f"mean{len(self.ops)}"
+        v = self.values[x].mean(axis=(1, 2), keepdims=keep_dims)
+        y = self._out(name, v, "NONE")
+        self.ops.append(Op("MEAN", [x], [y], {"axes": (1, 2), "keep_dims": keep_dims}, name=name))
+        return y
+
+    def pad(self, x, paddings, name=None) -> int:
+        """PAD with zeros (the input's zero point): `paddings` = ((before, after), ...) per dimension."""
+        name = name or f"pad{len(self.ops)}"
+        paddings = tuple((int(a), int(b)) for a, b in paddings)
+        v = np.pad(self.values[x], ((0, 0), *paddings[1:]))
+        q = self.tensors[x].quant
+        y = self._act(name, (1, *v.shape[1:]), Quant(q.scale.copy(), q.zero_point.copy()), v)
+        self.ops.append(Op("PAD", [x], [y], {"paddings": paddings}, name=name))
+        return y
+
+    def concat(self, xs, axis=3, name=None) -> int:
+        """CONCATENATION. TFLite's int8 kernel wants every input quantized like the output (calibrated on the
+        union of their ranges): an input nothing else uses takes that quantization, as the converter does;
+        one already used elsewhere (or tied to its producer's, like a pool's) is requantized by a QUANTIZE op."""
+        name = name or f"concat{len(self.ops)}"
+        xs = list(xs)
+        q = _quant(min(self.values[i].min() for i in xs), max(self.values[i].max() for i in xs))
+        consumed = {i for op in self.ops for i in op.inputs}
+        tied = {o for op in self.ops if op.kind in _KEEPS_QUANT for o in op.outputs}
+        ins = []
+        for j, i in enumerate(xs):
+            t = self.tensors[i]
+            if t.quant.scale[0] == q.scale[0] and t.quant.zero_point[0] == q.zero_point[0]:
+                ins.append(i)
+            elif i in consumed or i in tied or i == self.input:
+                y = self._act(f"{name}/requant{j}", t.shape, _copy(q), _fake_quant(self.values[i], q))
+                self.ops.append(Op("QUANTIZE", [i], [y], {}, name=f"{name}/requant{j}"))
+                ins.append(y)
+            else:
+                self.tensors[i] = Tensor(t.name, t.shape, t.dtype, _copy(q))
+                self.values[i] = _fake_quant(self.values[i], q)
+                ins.append(i)
+        v = np.concatenate([self.values[i] for i in ins], axis=axis)
+        y = self._act(name, (1, *v.shape[1:]), q, v)
+        self.ops.append(Op("CONCATENATION", ins, [y], {"axis": axis, "activation": "NONE"}, name=name))
+        return y
 
     def reshape(self, x, shape, name=None) -> int:
         name = name or f"reshape{len(self.ops)}"
