@@ -29,7 +29,8 @@ import numpy as np
 
 from harness import __version__, results
 from harness.datasets import Dataset, FittedData, fit_to_model, input_spec, load_dataset, output_size
-from harness.errors import HarnessError, TargetError
+from harness.errors import HarnessError
+from harness.protocol import LinkBroken
 
 Say = Callable[[str], None]
 SAMPLES_FILE = "samples.jsonl"
@@ -298,8 +299,11 @@ def _run_samples(
                     x = fitted.x[i]
                     try:
                         outputs, stats = runner.run([x], repetitions=1)
-                    except OSError as e:  # pyserial's closed port (QEMU gone, USB unplugged) is no HarnessError
-                        raise TargetError(
+                    except LinkBroken as e:  # the protocol found the port closed (QEMU gone, USB unplugged)
+                        where = f"the connection to the device broke at sample {i}"
+                        raise LinkBroken(str(e).replace("the connection to the device broke", where, 1)) from e
+                    except OSError as e:  # a runner that is not the protocol's: pyserial's errors are OSErrors
+                        raise LinkBroken(
                             f"{engine.target_desc}: the connection to the device broke at sample {i} ({e})"
                         ) from e
                     dev = np.asarray(outputs[0]).reshape(-1).astype(np.int8)

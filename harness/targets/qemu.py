@@ -16,7 +16,7 @@ import serial
 
 from harness.boards import Board
 from harness.errors import TargetError
-from harness.protocol import Device, Hello
+from harness.protocol import Device, Hello, LinkBroken
 
 STARTUP_TIMEOUT = 20.0
 
@@ -120,7 +120,8 @@ class QemuSession:
         exited = self.proc is not None and self.proc.poll() is not None
         self.close()
         if isinstance(exc, TargetError) and exited:
-            raise TargetError(f"{exc}; QEMU exited with status {self.proc.returncode}: {self.stderr()}") from exc
+            kind = LinkBroken if isinstance(exc, LinkBroken) else TargetError
+            raise kind(f"{exc}; QEMU exited with status {self.proc.returncode}: {self.stderr()}") from exc
 
 
 class QemuTarget:
