@@ -217,10 +217,7 @@ def pool2d(x, p: P.PoolParams, out_shape, kind: str) -> np.ndarray:
 
 def mean_hw(x, p: P.MeanParams, out_shape) -> np.ndarray:
     acc = (x.astype(np.int64) + p.input_offset).sum(axis=(1, 2))
-    acc = mbqm(acc, p.multiplier, p.shift)
-    half = p.count // 2
-    num = np.where(acc > 0, acc + half, acc - half)
-    acc = np.where(num >= 0, num // p.count, -((-num) // p.count)) + p.output_offset
+    acc = mbqm(acc, p.multiplier, p.shift) + p.output_offset  # 1/count is in the multiplier
     return _clamp8(acc, -128, 127).reshape(out_shape)
 
 

@@ -268,7 +268,8 @@ def test_mean_pad_quantize_concat(table, tmp_path):
     rq = P.RequantParams(0, 2, 1073741824, 2, False)  # x * 2 (0.2 -> 0.1), + 2
     copy = P.RequantParams(0, 0, 0, 0, True)
     table.by_op[id(ops[0])] = P.PadParams(((0, 0), (1, 0), (2, 1), (0, 0)), 2)
-    table.by_op[id(ops[1])] = P.MeanParams(-2, -4, 1073741824, 2, 28)
+    mean_mult, mean_shift = P.mean_multiplier(2.0, 28)  # 0.1 -> 0.05 over 4 x 7
+    table.by_op[id(ops[1])] = P.MeanParams(-2, -4, mean_mult, mean_shift, 28)
     table.by_op[id(ops[2])] = rq
     table.by_op[id(ops[3])] = P.ConcatParams(3, [copy, copy, rq])
     host = HostModel(g, cache_dir=tmp_path)
@@ -277,9 +278,10 @@ def test_mean_pad_quantize_concat(table, tmp_path):
     mean_out, cat_out = host.run([x, z])
     padded = np.full((1, 4, 7, 5), 2, I32)
     padded[:, 1:, 2:6] = x
-    acc = mbqm((padded - 2).reshape(-1, 5).sum(0), 1073741824, 2)
-    want_mean = np.where(acc > 0, (acc + 14) // 28, -((-acc + 14) // 28)) - 4
-    assert np.array_equal(mean_out.reshape(-1), np.clip(want_mean, -128, 127))
+    sums = (padded - 2).reshape(-1, 5).sum(0)
+    want_mean = np.clip(mbqm(sums, mean_mult, mean_shift) - 4, -128, 127)
+    assert np.array_equal(mean_out.reshape(-1), want_mean)
+    assert np.abs(np.clip(sums * 2 / 28 - 4, -128, 127) - want_mean).max() <= 0.5 + 1e-9  # it is the mean
     zq = np.clip(mbqm(z.astype(I32), 1073741824, 2) + 2, -128, 127)
     assert np.array_equal(cat_out, np.concatenate([x, zq, zq], axis=3).astype(np.int8))
 

@@ -85,10 +85,10 @@ typedef struct {
 void tk_avg_pool(const tk_pool_t *p, const int8_t *in, int8_t *out);
 void tk_max_pool(const tk_pool_t *p, const int8_t *in, int8_t *out);
 
-/* MEAN over H and W of an NHWC tensor (TFLite's integer mean). */
+/* MEAN over H and W of an NHWC tensor, LiteRT's integer mean: 1/hw is folded into mult and shift. */
 typedef struct {
     int32_t hw, c;
-    int32_t input_offset, output_offset, mult, shift, count;
+    int32_t input_offset, output_offset, mult, shift;
 } tk_mean_t;
 
 void tk_mean_hw(const tk_mean_t *p, const int8_t *in, int8_t *out);

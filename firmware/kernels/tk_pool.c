@@ -66,8 +66,7 @@ void tk_mean_hw(const tk_mean_t *p, const int8_t *in, int8_t *out)
         for (int32_t i = 0; i < p->hw; i++) {
             acc += in[i * p->c + c] + p->input_offset;
         }
-        acc = tk_mbqm(acc, p->mult, p->shift);
-        acc = acc > 0 ? (acc + p->count / 2) / p->count : (acc - p->count / 2) / p->count;
-        out[c] = (int8_t)tk_clamp(acc + p->output_offset, -128, 127);
+        acc = tk_mbqm(acc, p->mult, p->shift) + p->output_offset;
+        out[c] = (int8_t)tk_clamp(acc, -128, 127);
     }
 }

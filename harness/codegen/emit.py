@@ -322,7 +322,7 @@ def _mean(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         f"static const tk_mean_t {ident} = {{\n"
         f"    .hw = {x.shape[1] * x.shape[2]}, .c = {x.shape[3]}, .input_offset = {c_int(p.input_offset)}, "
         f".output_offset = {c_int(p.output_offset)},\n"
-        f"    .mult = {c_int(p.multiplier)}, .shift = {c_int(p.shift)}, .count = {c_int(p.count)}\n}};\n"
+        f"    .mult = {c_int(p.multiplier)}, .shift = {c_int(p.shift)}\n}};\n"
     ]
     return _Layer(decls, [f"tk_mean_hw(&{ident}, {a[0]}, {out});"], 0)
 
