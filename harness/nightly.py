@@ -49,9 +49,9 @@ class MatrixError(HarnessError):
 class Thresholds:
     """How much a metric may move before it counts. Defaults follow the measurement sources:
 
-    - QEMU instruction counts (-icount) are deterministic up to the counter's step (one SysTick tick, 40
-      instructions: the same firmware reads +-1 tick), so anything above that is real: 0.1 %, and never less
-      than one tick.
+    - QEMU instruction counts (-icount) are deterministic: the firmware restarts SysTick at each inference,
+      so the same firmware and input read the same count every run. They move in SysTick ticks (40
+      instructions), so one tick may be a single instruction more: 0.1 %, and never less than one tick.
     - DWT cycles on hardware vary with flash wait states, caches and interrupts: a 2 % band.
     - Flash is .text + .rodata + .data from the ELF: exact for a given source and toolchain, so 0 bytes.
     - Peak SRAM = planned arena + static RAM (both exact) + painted stack. Under QEMU with -icount the
@@ -339,8 +339,8 @@ def bench_metrics(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def count_resolution(rec: dict[str, Any]) -> float:
-    """The smallest step a count can move by. QEMU counts are SysTick ticks of 40 instructions (an386/an500), and
-    where an inference starts within a tick shifts from run to run: measured, the same firmware reads +-1 tick."""
+    """The smallest step a count can move by. QEMU counts are SysTick ticks of 40 instructions (an386/an500):
+    a change of one instruction can show as a whole tick."""
     f = rec.get("figures") or {}
     if f.get("count_source") != "qemu-icount":
         return 1.0
@@ -547,7 +547,7 @@ def _check(metric: str, kind: str, value: float, base: float, limit: float, reso
     delta = value - base
     pct = 100.0 * delta / base if base else (0.0 if delta == 0 else float("inf"))
     if kind == "pct":
-        # never finer than the counter's own step: one tick of jitter is not a change
+        # never finer than the counter's own step: one tick may be one instruction
         band = max(limit * abs(base) / 100.0, resolution)
         worse, better = delta > band, delta < -band
         allowed = f"{limit:g} %" + (f" (at least {resolution:g})" if band == resolution and resolution > 1 else "")

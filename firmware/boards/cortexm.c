@@ -85,6 +85,10 @@ void board_counter_start(void)
     SYST_CVR = 0;
     systick_wraps = 0;
     SYST_CSR = 7u; /* processor clock, interrupt on wrap, enable */
+    /* The counter holds 0 until its first tick loads the reload value; a read before that would look like
+     * a full period. Under -icount this wait is the same number of instructions every time. */
+    while (SYST_CVR == 0) {
+    }
 }
 
 uint64_t board_counter_read(void)

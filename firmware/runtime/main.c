@@ -147,6 +147,10 @@ static void infer(const frame_t *f)
         for (uint32_t i = 0, base = 0; i < MODEL_NUM_INPUTS; base += model_inputs[i].bytes, i++) {
             memcpy(arena + model_inputs[i].offset, inputs_copy + base, model_inputs[i].bytes);
         }
+        /* Restarting the counter here fixes its phase to this instruction: QEMU's SysTick ticks every 40
+         * instructions from the moment it is started, so a counter left running since boot would give the
+         * same inference +-1 tick depending on how long the host took to send the input. */
+        board_counter_start();
         uint64_t t0 = board_counter_read();
         model_run(arena);
         counts[r] = board_counter_read() - t0;
