@@ -41,6 +41,7 @@ class BenchOptions:
     record: bool = True
     probe: str = ""  # a probe unique id (`remote:HOST:PORT` for `pyocd server`), else boards.toml / discovery
     serial: str = ""  # the board's serial port as a pyserial URL (`rfc2217://HOST:PORT` on another host)
+    layers: bool = False  # a profiling build: the counter stamped after every layer (per-layer figures)
 
 
 class OutputMismatch(HarnessError):
@@ -110,6 +111,7 @@ class Engine:
     target_desc: str
     digest: str
     work: Path
+    profile: bool = False  # built with HARNESS_LAYER_PROFILE: per-layer counter stamps
 
     @contextmanager
     def open(self, timeout: float = 120.0) -> Iterator[Runner]:
@@ -129,6 +131,7 @@ class RunStats:
     counts: list[int]  # raw counter ticks, one per repetition
     peak_stack: int
     arena_high_water: int
+    layer_ends: list[int] | None = None  # profiling builds: raw ticks at each layer's end, last repetition
 
 
 class Runner:
@@ -154,7 +157,8 @@ class Runner:
             np.frombuffer(dev.get_output(j, s.bytes), dtype=np.int8).reshape(tuple(s.shape))
             for j, s in enumerate(specs)
         ]
-        return outputs, RunStats([int(c) for c in stats.counts], stats.peak_stack, stats.arena_high_water)
+        ends = dev.get_layers() if self.engine.profile else None
+        return outputs, RunStats([int(c) for c in stats.counts], stats.peak_stack, stats.arena_high_water, ends)
 
 
 def prepare(
@@ -165,8 +169,10 @@ def prepare(
     build_dir: str | None = None,
     say: Say = lambda _m: None,
     step: Step = lambda *_a, **_k: None,
+    profile: bool = False,
 ) -> Engine:
-    """Generate the engine for `graph` and build its firmware for `board` on the chosen target."""
+    """Generate the engine for `graph` and build its firmware for `board` on the chosen target; `profile`
+    builds it to stamp the counter after every layer."""
     from harness.codegen import generate
     from harness.model.boundary import split_boundary
 
@@ -185,8 +191,9 @@ def prepare(
         build = build_firmware(
             work / "model", board, qemu=(kind == "qemu"), opt=opt, cache_dir=work / "fw",
             input_bytes=sum(s.bytes for s in cg.inputs),
+            extra_cflags=("-DHARNESS_LAYER_PROFILE=1",) if profile else (),
         )  # fmt: skip
-    return Engine(board, graph, interior, cg, build, tgt, kind, desc, digest, work)
+    return Engine(board, graph, interior, cg, build, tgt, kind, desc, digest, work, profile and tgt is not None)
 
 
 def run_bench(opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambda *_a, **_k: None) -> dict[str, Any]:
@@ -225,7 +232,7 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
     from harness.build import toolchain_versions
 
     record["versions"] = toolchain_versions()
-    engine = prepare(board, graph, opts.target, opts.opt, opts.build_dir, say, step)
+    engine = prepare(board, graph, opts.target, opts.opt, opts.build_dir, say, step, profile=opts.layers)
     record["model_sha256"] = engine.digest
     record["target"] = engine.target_kind
     record["target_desc"] = engine.target_desc
@@ -244,6 +251,7 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
     step("reference outputs")
     expected = [reference.run(engine.interior, xs) for xs in input_sets]
     counts: list[int] = []
+    layer_ends: list[list[int]] = []
     peak_stack = arena_hw = 0
     total = len(input_sets)
     with engine.open(opts.timeout) as runner:
@@ -255,6 +263,8 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
                 counts.extend(stats.counts)
                 peak_stack = max(peak_stack, stats.peak_stack)
                 arena_hw = max(arena_hw, stats.arena_high_water)
+                if stats.layer_ends is not None:
+                    layer_ends.append(stats.layer_ends)
         step("done", total, total)
         hello = runner.hello
     record["outputs_match"] = True
@@ -263,6 +273,11 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
     record["figures"] = (
         None if hello is None else figures(board, hello, engine.build, engine.codegen, counts, peak_stack, arena_hw)
     )
+    if opts.layers and hello is not None:
+        record["layers"] = layer_figures(board, hello, engine.codegen, layer_ends)
+        record["figures"]["count_note"] += (
+            "; a profiling build: each layer's end reads the counter, which the total includes"
+        )
 
 
 def _check(got: list[np.ndarray], want: list[np.ndarray]) -> None:
@@ -279,6 +294,42 @@ def _check_hello(hello, cg) -> None:
             f"the device reports an arena of {hello.arena_bytes} B, the build planned {cg.arena_bytes} B: "
             "stale firmware?"
         )
+
+
+def _per_count(board, hello) -> float:
+    """Counter ticks -> the unit shown: QEMU instructions per SysTick tick, or 1 (DWT counts cycles)."""
+    return board.qemu_machine.icount_per_tick if hello.counter_source == "qemu-icount" else 1.0
+
+
+def layer_figures(board, hello, cg, layer_ends: list[list[int]]) -> list[dict[str, Any]]:
+    """Per layer: its count (the median over the inputs of the difference between its end stamp and the one
+    before), its share of the inference and its MACs per count. RESHAPE layers alias their input and count
+    only the stamp itself."""
+    if not layer_ends or any(len(e) != len(cg.layers) for e in layer_ends):
+        raise TargetError(
+            f"the device returned {len(layer_ends[0]) if layer_ends else 0} layer stamps for {len(cg.layers)} "
+            "layers: firmware built without layer profiling?"
+        )
+    per = _per_count(board, hello)
+    ends = np.asarray(layer_ends, dtype=np.int64)
+    spans = np.diff(ends, axis=1, prepend=0) * per
+    median = np.median(spans, axis=0)
+    total = float(np.median(ends[:, -1])) * per
+    rows = []
+    for row, value in zip(cg.layers, median, strict=True):
+        rows.append(
+            {
+                "index": row.index,
+                "name": row.name,
+                "op": row.op,
+                "output_shape": list(row.output_shape),
+                "macs": row.macs,
+                "count": int(round(value)),
+                "share": float(value / total) if total else 0.0,
+                "macs_per_count": row.macs / value if value and row.macs else None,
+            }
+        )
+    return rows
 
 
 def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_hw: int) -> dict[str, Any]:

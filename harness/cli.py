@@ -139,6 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         probe=args.probe,
         serial=args.serial,
+        layers=args.layers,
     )
     if args.json:
         result = run_bench(opts, say=lambda msg: err_console.print(msg))
@@ -204,8 +205,28 @@ def print_bench(r: dict[str, Any]) -> None:
         f"{r['inputs']} inputs x {r['repetitions']} repetitions",
     )
     console.print(table)
+    if r.get("layers"):
+        print_layers(r["layers"], unit)
     if r.get("result_file"):
         console.print(f"recorded in {r['result_file']}")
+
+
+def print_layers(layers: list[dict[str, Any]], unit: str) -> None:
+    rows = [
+        [
+            x["index"],
+            x["name"],
+            x["op"],
+            "x".join(map(str, x["output_shape"])),
+            f"{x['macs']:,}",
+            f"{x['count']:,}",
+            f"{100 * x['share']:.1f}",
+            "-" if x["macs_per_count"] is None else f"{x['macs_per_count']:.3f}",
+        ]
+        for x in layers
+    ]
+    cols = ["#", "layer", "op", "output", "MACs", unit, "%", f"MACs/{unit[:-1] if unit.endswith('s') else unit}"]
+    console.print(_table(f"per layer ({unit}, median over the inputs)", cols, rows, justify_from=3))
 
 
 # --- entry point ------------------------------------------------------------------------------------
@@ -236,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
     b.add_argument("--probe", default="", help="probe unique id (see `harness probes`), or remote:HOST:PORT")
     b.add_argument("--serial", default="", help="the board's serial port: /dev/ttyACM0, COM5, rfc2217://HOST:PORT")
+    b.add_argument(
+        "--layers", action="store_true", help="per-layer counts (a profiling build: the counter read after each layer)"
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

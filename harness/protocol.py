@@ -11,6 +11,10 @@ Requests (host -> device) and their answers:
     INFER      0x03  (repetitions u32, 1..120)           -> STATS 0x83 (n u32, peak stack u32,
                                                             arena high water u32, n x count u64)
     GET_OUTPUT 0x04  (index u8, offset u32, length u16)  -> OUTPUT 0x84 (index u8, offset u32, bytes)
+    GET_LAYERS 0x05  (first u16)                          -> LAYERS 0x85 (first u16, layers u16,
+                                                            n x count u64: the counter at each layer's end
+                                                            in the last repetition; layers 0 unless the
+                                                            firmware was built to profile)
     any             -> ERROR 0xEE (code u16, 4 x u32, text): bad CRC, bad request, out of range, a fault
 
 The device echoes the request's sequence number. The device sends HELLO once at boot unasked. Every
@@ -33,10 +37,16 @@ MAX_PAYLOAD = 1100
 CHUNK = 1024
 MAX_REPS = 120
 
-HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT = 0x01, 0x02, 0x03, 0x04
-HELLO, ACK, STATS, OUTPUT, ERROR = 0x81, 0x82, 0x83, 0x84, 0xEE
+HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT, GET_LAYERS = 0x01, 0x02, 0x03, 0x04, 0x05
+HELLO, ACK, STATS, OUTPUT, LAYERS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0xEE
 ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG = 1, 2, 3, 4, 5
-REQUEST_NAMES = {HELLO_REQ: "HELLO", SET_INPUT: "SET_INPUT", INFER: "INFER", GET_OUTPUT: "GET_OUTPUT"}
+REQUEST_NAMES = {
+    HELLO_REQ: "HELLO",
+    SET_INPUT: "SET_INPUT",
+    INFER: "INFER",
+    GET_OUTPUT: "GET_OUTPUT",
+    GET_LAYERS: "GET_LAYERS",
+}
 FAULT_KINDS = {1: "HardFault", 2: "MemManage", 3: "BusFault", 4: "UsageFault", 5: "unexpected interrupt"}
 
 
@@ -266,6 +276,20 @@ class Device:
             raise ProtocolError(f"STATS for {n} repetitions in {len(f.payload)} bytes, asked for {repetitions}")
         counts = list(struct.unpack_from(f"<{n}Q", f.payload, 12))
         return Stats(counts, stack, hw)
+
+    def get_layers(self) -> list[int]:
+        """The counter at the end of each layer of the last inference, from its start (cumulative). Empty
+        when the firmware was not built to profile layers."""
+        ends: list[int] = []
+        while True:
+            f = self.request(GET_LAYERS, struct.pack("<H", len(ends)), LAYERS)
+            first, total = struct.unpack_from("<HH", f.payload)
+            n = (len(f.payload) - 4) // 8
+            if first != len(ends) or (len(f.payload) - 4) % 8 or first + n > total or (n == 0 and first < total):
+                raise ProtocolError(f"LAYERS from {first} with {n} of {total} layers does not answer the request")
+            ends += struct.unpack_from(f"<{n}Q", f.payload, 4)
+            if len(ends) == total:
+                return ends
 
     def get_output(self, index: int, size: int) -> bytes:
         out = bytearray()

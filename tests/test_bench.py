@@ -123,3 +123,46 @@ def test_a_generated_model_counts_the_same_on_every_qemu_run(tmp_path):
     for k in range(2):
         same_input = a[3 * k : 3 * k + 3] + b[3 * k : 3 * k + 3]
         assert len(set(same_input)) == 1, same_input
+
+
+@pytest.mark.qemu
+def test_per_layer_counts_add_up_to_the_inference(tmp_path, capsys, monkeypatch):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    from harness.model.boundary import split_boundary
+    from harness.zoo import resolve_model
+
+    plain = run_bench(_opts(tmp_path, "mlperf_kws", board="qemu-m4", repetitions=2, inputs=1))
+    r = run_bench(_opts(tmp_path, "mlperf_kws", board="qemu-m4", repetitions=2, inputs=1, layers=True))
+    assert r["outputs_match"] and "layers" not in plain
+    ops = split_boundary(resolve_model("mlperf_kws")[0])[0].ops
+    layers = r["layers"]
+    assert [(x["index"], x["name"], x["op"]) for x in layers] == [(k, op.name, op.kind) for k, op in enumerate(ops)]
+    counts = [x["count"] for x in layers]
+    assert all(c >= 0 and c % 40 == 0 for c in counts)  # whole SysTick ticks of 40 instructions (an386)
+    assert all(x["count"] > 0 for x in layers if x["macs"])
+    # one input: the layers' counts tile the inference, up to model_run's own call and return
+    total = r["figures"]["count"]["median"]
+    assert 0 <= total - sum(counts) <= 80
+    assert sum(x["share"] for x in layers if x["macs"]) > 0.8  # convolutions and FC carry the work
+    # the stamps cost a counter read each, and the profiled build says its total includes them
+    extra = total - plain["figures"]["count"]["median"]
+    assert 0 < extra < 100 * len(layers) and "profiling build" in r["figures"]["count_note"]
+
+    monkeypatch.setenv("HARNESS_BUILD_DIR", str(tmp_path / "build"))  # the same cache: no rebuild
+    assert main(["bench", "--board", "qemu-m4", "--model", "mlperf_kws", "--layers", "-m", "1", "-n", "1",
+                 "--results", str(tmp_path / "results")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "per layer" in out and layers[0]["name"] in out
+
+
+def test_layer_figures_without_stamps_are_a_clear_error():
+    from types import SimpleNamespace
+
+    from harness.bench import layer_figures
+    from harness.boards import get_board
+    from harness.errors import TargetError
+
+    cg = SimpleNamespace(layers=[object(), object()])
+    hello = SimpleNamespace(counter_source="qemu-icount")
+    with pytest.raises(TargetError, match="0 layer stamps for 2 layers: firmware built without layer profiling"):
+        layer_figures(get_board("qemu-m4"), hello, cg, [[]])

@@ -55,6 +55,8 @@ class Peer(threading.Thread):
         self.sock, self.damage, self.n = sock, damage, 0
         self.inp = bytearray(1000)
         self.requests: list[int] = []
+        self.layer_ends: list[int] = []  # a profiling build's stamps; empty as in a normal build
+        self.layers_from = lambda first: first  # the first layer the peer answers with (a broken one lies)
 
     def send(self, kind, seq, payload):
         frame = self.damage(self.n, P.encode(kind, seq, payload))
@@ -99,6 +101,11 @@ class Peer(threading.Thread):
                     _, off, n = struct.unpack_from("<BIH", p)
                     out = bytes((b + 1) & 0xFF for b in self.inp[off : off + n])
                     self.send(P.OUTPUT, seq, struct.pack("<BI", 0, off) + out)
+                elif kind == P.GET_LAYERS:
+                    first = self.layers_from(struct.unpack_from("<H", p)[0])
+                    part = self.layer_ends[first : first + (P.MAX_PAYLOAD - 4) // 8]  # as the firmware cuts it
+                    head = struct.pack("<HH", first, len(self.layer_ends))
+                    self.send(P.LAYERS, seq, head + struct.pack(f"<{len(part)}Q", *part))
 
 
 def connect(damage=lambda n, f: f, timeout=2.0):
@@ -212,3 +219,21 @@ def test_a_broken_link_is_reported_at_once_not_retried():
     with pytest.raises(P.LinkBroken, match="board: the connection to the device broke"):
         device.hello()
     assert DeadPort.reads == 1 and time.monotonic() - t0 < 1
+
+
+def test_layer_stamps_come_in_as_many_frames_as_they_need():
+    device, peer = connect()
+    device.wait_hello(2.0)
+    assert device.get_layers() == []  # a build without profiling has none
+    peer.layer_ends = [1000 * i + (1 << 33) for i in range(300)]  # 64-bit values, three frames of <= 137
+    assert device.get_layers() == peer.layer_ends
+    assert peer.requests.count(P.GET_LAYERS) == 1 + 3
+
+
+def test_layer_stamps_that_do_not_answer_the_request_are_an_error():
+    device, peer = connect()
+    device.wait_hello(2.0)
+    peer.layer_ends = list(range(200))
+    peer.layers_from = lambda first: 0  # always the first chunk again: the host must not loop or mix them
+    with pytest.raises(ProtocolError, match="LAYERS from 0 .* does not answer"):
+        device.get_layers()

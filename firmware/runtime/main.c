@@ -22,6 +22,17 @@ static int8_t inputs_copy[HARNESS_INPUT_BYTES] __attribute__((section(".harness"
 static frame_t rx;
 static uint8_t tx[PROTO_MAX_PAYLOAD];
 static uint64_t counts[MAX_REPS];
+
+#if HARNESS_LAYER_PROFILE
+/* Counter at the end of each layer of the last repetition, from its start: a profiling build only, since
+ * each stamp is a counter read of its own (the build is labelled as such on the host). */
+static uint64_t layer_t0, layer_ends[MODEL_NUM_LAYERS > 0 ? MODEL_NUM_LAYERS : 1];
+
+void harness_layer_end(uint32_t index)
+{
+    layer_ends[index] = board_counter_read() - layer_t0;
+}
+#endif
 extern uint32_t __stack_start__, __stack_end__;
 
 static void put32(uint8_t *p, uint32_t v)
@@ -152,6 +163,9 @@ static void infer(const frame_t *f)
          * same inference +-1 tick depending on how long the host took to send the input. */
         board_counter_start();
         uint64_t t0 = board_counter_read();
+#if HARNESS_LAYER_PROFILE
+        layer_t0 = t0;
+#endif
         model_run(arena);
         counts[r] = board_counter_read() - t0;
     }
@@ -183,6 +197,37 @@ static void get_output(const frame_t *f)
     proto_send(MSG_OUTPUT, f->seq, tx, (uint16_t)(5 + n));
 }
 
+/* GET_LAYERS (first u16) -> LAYERS (first u16, total u16, n x u64 counts at each layer's end). A build
+ * without profiling answers total 0. */
+static void get_layers(const frame_t *f)
+{
+#if HARNESS_LAYER_PROFILE
+    const uint32_t total = MODEL_NUM_LAYERS;
+#else
+    const uint32_t total = 0;
+#endif
+    uint32_t first = f->length >= 2 ? (uint32_t)f->payload[0] | ((uint32_t)f->payload[1] << 8) : 0;
+    if (first > total) {
+        proto_error(f->seq, ERR_OUT_OF_RANGE, first, total, 0, 0, "GET_LAYERS: first layer out of range");
+        return;
+    }
+    uint32_t n = total - first;
+    if (n > (PROTO_MAX_PAYLOAD - 4u) / 8u) {
+        n = (PROTO_MAX_PAYLOAD - 4u) / 8u;
+    }
+    tx[0] = (uint8_t)first;
+    tx[1] = (uint8_t)(first >> 8);
+    tx[2] = (uint8_t)total;
+    tx[3] = (uint8_t)(total >> 8);
+#if HARNESS_LAYER_PROFILE
+    for (uint32_t i = 0; i < n; i++) {
+        put32(tx + 4 + 8 * i, (uint32_t)layer_ends[first + i]);
+        put32(tx + 8 + 8 * i, (uint32_t)(layer_ends[first + i] >> 32));
+    }
+#endif
+    proto_send(MSG_LAYERS, f->seq, tx, (uint16_t)(4 + 8 * n));
+}
+
 void runtime_fault(uint32_t pc, uint32_t lr, uint32_t cfsr, uint32_t kind)
 {
     static const char *const names[] = {"fault", "HardFault", "MemManage", "BusFault", "UsageFault", "unexpected IRQ"};
@@ -206,6 +251,7 @@ int main(void)
         case MSG_SET_INPUT: set_input(&rx); break;
         case MSG_INFER: infer(&rx); break;
         case MSG_GET_OUTPUT: get_output(&rx); break;
+        case MSG_GET_LAYERS: get_layers(&rx); break;
         default: proto_error(rx.seq, ERR_BAD_REQUEST, rx.type, 0, 0, 0, "unknown request"); break;
         }
     }

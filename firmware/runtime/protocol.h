@@ -13,10 +13,12 @@ enum {
     MSG_SET_INPUT = 0x02,
     MSG_INFER = 0x03,
     MSG_GET_OUTPUT = 0x04,
+    MSG_GET_LAYERS = 0x05,
     MSG_HELLO = 0x81,
     MSG_ACK = 0x82,
     MSG_STATS = 0x83,
     MSG_OUTPUT = 0x84,
+    MSG_LAYERS = 0x85,
     MSG_ERROR = 0xEE,
 };
 
