@@ -22,8 +22,10 @@ static inline int8_t tk_add1(const tk_add_t *p, int32_t a, int32_t b)
     return (int8_t)tk_clamp(r + p->output_offset, p->act_min, p->act_max);
 }
 
-void tk_add(const tk_add_t *p, const int8_t *in1, const int8_t *in2, int8_t *out)
+void tk_add(const tk_add_t *params, const int8_t *in1, const int8_t *in2, int8_t *out)
 {
+    const tk_add_t q = *params; /* a local: stores through int8_t pointers cannot alias it */
+    const tk_add_t *p = &q;
     if (p->flat) {
         for (int32_t i = 0; i < p->size; i++) {
             out[i] = tk_add1(p, in1[i], in2[i]);
