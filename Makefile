@@ -9,12 +9,12 @@ PYTEST_ARGS ?=
 APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: bench test setup tools lint clean
+.PHONY: bench test setup tools test-tools lint clean
 
 bench: setup
 	$(VENV)/bin/harness bench --board $(BOARD) --model $(MODEL)
 
-test: setup
+test: setup test-tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -35,6 +35,12 @@ tools:
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+
+# The tests also render the accuracy report in headless Chromium (the bench never needs it).
+test-tools:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		echo "installing: chromium"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 $(VENV)/.installed: pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)

@@ -561,7 +561,7 @@ def test_html_renders_in_headless_chromium(tmp_path, host_engine):
         pytest.skip("no Chromium installed: the page's structure is checked with html.parser instead")
     rep = _run(tmp_path, host_engine, limit=30)
     shot = tmp_path / "page.png"
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}"]
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--screenshot={shot}"]
     args += ["--window-size=1200,2400", f"file://{rep['files']['html']}"]
     subprocess.run(args, check=True, capture_output=True, timeout=60)
     from PIL import Image
