@@ -233,6 +233,8 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
 
     record["versions"] = toolchain_versions()
     engine = prepare(board, graph, opts.target, opts.opt, opts.build_dir, say, step, profile=opts.layers)
+    if opts.layers and not engine.profile:
+        say("--layers: the host target counts nothing, so there are no per-layer figures")
     record["model_sha256"] = engine.digest
     record["target"] = engine.target_kind
     record["target_desc"] = engine.target_desc

@@ -63,9 +63,11 @@ def test_bench_on_an_m4_machine_and_the_cli_json(tmp_path, capsys):
 
 
 def test_bench_on_the_host_target_checks_outputs_without_counts(tmp_path):
-    r = run_bench(_opts(tmp_path, shared_model("ic"), target="host", inputs=3))
+    said: list[str] = []
+    r = run_bench(_opts(tmp_path, shared_model("ic"), target="host", inputs=3, layers=True), say=said.append)
     assert r["status"] == "ok" and r["outputs_match"] and r["target"] == "host"
     assert r["figures"] is None  # the host measures nothing it could pass off as a device figure
+    assert "layers" not in r and any("no per-layer figures" in s for s in said)
 
 
 def test_a_wrong_output_fails_loudly_and_is_recorded(tmp_path, monkeypatch):
