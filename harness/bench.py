@@ -337,15 +337,14 @@ def layer_figures(board, hello, cg, layer_ends: list[list[int]]) -> list[dict[st
 def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_hw: int) -> dict[str, Any]:
     """The reported figures, each labelled with its source (DESIGN.md: measurements carry their source)."""
     source = hello.counter_source
+    per_tick = _per_count(board, hello)
+    values = [round(c * per_tick) for c in counts]
     if source == "qemu-icount":
-        per_tick = board.qemu_machine.icount_per_tick
-        values = [round(c * per_tick) for c in counts]
         unit = "instructions"
         note = f"QEMU instruction count (-icount shift=0, {per_tick:g} per SysTick tick): not cycles"
         latency = statistics.median(values) / board.clock_hz * 1e3
         latency_note = f"ESTIMATE: instructions at 1 per cycle at the board's {board.clock_hz / 1e6:g} MHz"
     else:
-        values = list(counts)
         unit = "cycles"
         note = f"{source} cycle counter at {hello.clock_hz / 1e6:g} MHz"
         latency = statistics.median(values) / hello.clock_hz * 1e3
