@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED_MODEL_FILES, shared_model
+from conftest import SHARED_MODEL_FILES, oracle_bytes, shared_model
+from opmodels import ALL as OPMODELS
 
-reference = pytest.importorskip("harness.reference", reason="harness.reference (engineer B) is not there yet")
-oracle = pytest.importorskip("harness.oracle", reason="harness.oracle (engineer A) is not there yet")
-model_io = pytest.importorskip("harness.model.tflite_io", reason="the .tflite reader/writer is not there yet")
-
-from harness.codegen import generate  # noqa: E402
-from harness.model import Graph, Op, Quant, Tensor, load_model, to_tflite_bytes  # noqa: E402
-from harness.model.boundary import dequantize_output, split_boundary  # noqa: E402
-from harness.targets.host import HostModel  # noqa: E402
-
-try:
-    from opmodels import ALL as OPMODELS
-except ImportError:  # engineer B's graph factory not there yet
-    OPMODELS = {}
+from harness import oracle, reference
+from harness.codegen import generate
+from harness.model import Graph, Op, Quant, Tensor, load_model, to_tflite_bytes
+from harness.model.boundary import dequantize_output, split_boundary
+from harness.targets.host import HostModel
 
 
 def input_sets(specs, seed: int) -> list[list[np.ndarray]]:
@@ -274,11 +267,7 @@ def test_opmodel(name, tmp_path):
 
 @pytest.mark.parametrize("key", sorted(SHARED_MODEL_FILES))
 def test_shared_model(key, tmp_path):
-    path = shared_model(key)
-    data = path.read_bytes()
-    if key == "person_detect":
-        data = oracle.litert_compatible(data)
-    check_model(load_model(path), data, tmp_path)
+    check_model(load_model(shared_model(key)), oracle_bytes(key), tmp_path)
 
 
 def test_float_boundary_model(tmp_path):
