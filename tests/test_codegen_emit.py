@@ -97,8 +97,9 @@ def test_model_h_follows_the_abi(pool_params, tmp_path):
 def test_unsupported_op_names_op_and_layer(tmp_path):
     tensors = [Tensor("in", (1, 4), "int8", q()), Tensor("out", (1, 4), "int8", q())]
     g = Graph("m", tensors, [Op("TANH", [0], [1], name="the_tanh")], [0], [1])
-    with pytest.raises(UnsupportedModelError, match="TANH.*|the_tanh"):
+    with pytest.raises(UnsupportedModelError) as e:
         generate(g, tmp_path)
+    assert "TANH" in str(e.value) and "the_tanh" in str(e.value)
 
 
 def test_float_activation_inside_is_refused(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from harness.inspect import inspect_model
+from harness.model import load_model
 from harness.model.ir import Graph, Op, Quant, Tensor
 
 
@@ -56,10 +56,7 @@ def test_rows_and_totals():
 
 
 def test_shared_models(shared_model_path):
-    model = pytest.importorskip("harness.model")
-    if not hasattr(model, "load_model"):
-        pytest.skip("harness.model.load_model (the reader) is not there yet")
-    g = model.load_model(shared_model_path)
+    g = load_model(shared_model_path)
     info = inspect_model(g)
     json.dumps(info)
     assert len(info["layers"]) == len(g.ops)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from harness.codegen.planner import align, naive_arena_bytes, plan_memory
+from harness.model import load_model
 from harness.model.ir import Graph, Op, Quant, Tensor
 
 
@@ -114,12 +115,9 @@ def test_constants_are_not_in_the_arena():
 
 
 def test_every_shared_model_plans_without_overlap(shared_model_path):
-    model = pytest.importorskip("harness.model")
-    if not hasattr(model, "load_model"):
-        pytest.skip("harness.model.load_model (the reader) is not there yet")
     from harness.codegen.emit import split_interior
 
-    g, _, _ = split_interior(model.load_model(shared_model_path))
+    g, _, _ = split_interior(load_model(shared_model_path))
     plan = plan_memory(g)
     plan.check()
     assert max_live(g, plan) <= plan.arena_bytes <= naive_arena_bytes(g)
