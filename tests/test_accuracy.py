@@ -508,13 +508,13 @@ def test_digits_cnn_on_the_host_build(tmp_path, builds):
 def test_digits_cnn_on_qemu_whole_split(tmp_path, builds):
     """The trained model over the whole held-out split on nucleo-f746 (its QEMU fallback here), two QEMU
     instances side by side: the device gets the host's top-1 on every sample, bit for bit."""
-    from conftest import require_tools
+    from conftest import require_tools, skip_external
 
     require_tools("qemu-system-arm", "arm-none-eabi-gcc")
     graph, _ = _digits_cnn()
     engine = prepare(F746, graph, "auto", build_dir=str(builds))
     if engine.target_kind != "qemu":
-        pytest.skip(f"a probe for {F746.name} is attached: this test is about its QEMU fallback")
+        skip_external(f"a probe for {F746.name} is attached: this test is about its QEMU fallback")
     tap = Tap(engine)
     rep = run_accuracy(F746, graph, "digits", jobs=2, results_dir=tmp_path, engine=tap)
     f = rep["figures"]

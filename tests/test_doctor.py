@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from conftest import require_tools
+from conftest import require_tools, skip_external
 
 from harness import doctor
 from harness.cli import main
@@ -66,6 +65,6 @@ def test_no_probes(capsys):
     from harness.probes import connected_probes
 
     if connected_probes():
-        pytest.skip("a probe is attached to this machine")
+        skip_external("a probe is attached to this machine")
     assert main(["probes", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []  # none attached to this machine

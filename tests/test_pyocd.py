@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import require_tools
+from conftest import require_tools, skip_external
 from pyocd.core import exceptions as pyocd_errors
 
 from harness import protocol, targets
@@ -271,7 +271,7 @@ def test_unknown_target_names_the_pack_and_the_install_command():
     # Real pyOCD: stm32f746 is not built in, and no pack is installed on this machine.
     board = get_board("nucleo-f746")
     if tp.target_support(board)[0]:
-        pytest.skip("a pack for stm32f746zgtx is installed here")
+        skip_external("a pack for stm32f746zgtx is installed here")
     with pytest.raises(TargetError, match=r"Keil\.STM32F7xx_DFP.*pyocd pack install stm32f746zg"):
         targets.pyocd_target(board, UID)
     with pytest.raises(TargetError, match="does not exist"):

@@ -1,0 +1,128 @@
+"""The firmware's own side of the protocol (runtime/main.c, protocol.c) on QEMU: frames damaged, unknown,
+too long, out of range or repeated, written raw to the emulated UART, and the device's exact answers. (The
+Python peer's handling of a bad device is in test_protocol.py.)"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_tools
+
+from harness import protocol as P
+from harness.boards import get_board
+from harness.build import build_firmware
+from harness.targets.qemu import QemuTarget
+
+STUB = Path(__file__).parent / "fixtures" / "stub_model"  # output = input + 1, one 1000-byte input
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    """One QEMU session for the whole module: every case below must also leave the firmware serving."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    board = get_board("qemu-m4")
+    build = build_firmware(STUB, board, qemu=True, cache_dir=tmp_path_factory.mktemp("fw"))
+    with QemuTarget(board).open(build, timeout=10) as s:
+        yield s.device
+
+
+def _send_raw(dev, frame: bytes) -> None:
+    dev.port.write(frame)
+    dev.port.flush()
+
+
+def _answer(dev) -> P.Frame:
+    return dev.read_frame(5.0)
+
+
+def _error(frame: P.Frame) -> tuple[int, tuple[int, int, int, int], str]:
+    assert frame.kind == P.ERROR, f"expected ERROR, got 0x{frame.kind:02x}"
+    code, *words = struct.unpack_from("<H4I", frame.payload)
+    return code, tuple(words), frame.payload[18:].decode()
+
+
+def _still_serving(dev) -> None:
+    assert dev.hello().model == "stub_plus_one"
+
+
+def test_bad_crc_is_reported_with_the_frames_seq(device):
+    frame = bytearray(P.encode(P.HELLO_REQ, 0x37))
+    frame[-1] ^= 0xFF
+    _send_raw(device, bytes(frame))
+    f = _answer(device)
+    assert f.seq == 0x37
+    assert _error(f)[0] == P.ERR_BAD_CRC and _error(f)[2] == "bad CRC"
+    _still_serving(device)
+
+
+def test_unknown_request_is_refused_by_type(device):
+    _send_raw(device, P.encode(0x42, 0x38, b"\x01\x02"))
+    code, words, text = _error(f := _answer(device))
+    assert (f.seq, code, words[0], text) == (0x38, P.ERR_BAD_REQUEST, 0x42, "unknown request")
+    _still_serving(device)
+
+
+def test_frame_longer_than_the_buffer_is_refused_and_skipped(device):
+    head = struct.pack("<BBH", P.SET_INPUT, 0x39, P.MAX_PAYLOAD + 1)
+    # the header alone: the device must refuse it without reading 1101 bytes into its 1100-byte buffer
+    _send_raw(device, P.SYNC + head + bytes(32))
+    code, _, text = _error(f := _answer(device))
+    assert (f.seq, code, text) == (0x39, P.ERR_TOO_LONG, "frame too long")
+    _still_serving(device)  # it resynchronised on the next marker
+
+
+def test_chunks_outside_the_tensors_are_out_of_range(device):
+    # SET_INPUT: 200 bytes at offset 900 of a 1000-byte input
+    _send_raw(device, P.encode(P.SET_INPUT, 0x3A, struct.pack("<BI", 0, 900) + bytes(200)))
+    code, words, _ = _error(f := _answer(device))
+    assert (f.seq, code, words[:3]) == (0x3A, P.ERR_OUT_OF_RANGE, (900, 200, 1000))
+    # an offset past the end, with an empty chunk
+    _send_raw(device, P.encode(P.SET_INPUT, 0x3B, struct.pack("<BI", 0, 1001)))
+    assert _error(_answer(device))[:2] == (P.ERR_OUT_OF_RANGE, (1001, 0, 1000, 0))
+    # GET_OUTPUT past the output's end
+    _send_raw(device, P.encode(P.GET_OUTPUT, 0x3C, struct.pack("<BIH", 0, 0, P.MAX_PAYLOAD)))
+    code, words, _ = _error(_answer(device))
+    assert (code, words[:3]) == (P.ERR_OUT_OF_RANGE, (0, P.MAX_PAYLOAD, 1000))
+    # an input or output index the model does not have
+    _send_raw(device, P.encode(P.SET_INPUT, 0x3D, struct.pack("<BI", 1, 0) + b"x"))
+    assert _error(_answer(device))[0] == P.ERR_BAD_REQUEST
+    _send_raw(device, P.encode(P.GET_OUTPUT, 0x3E, struct.pack("<BIH", 3, 0, 1)))
+    assert _error(_answer(device))[0] == P.ERR_BAD_REQUEST
+    _still_serving(device)
+
+
+@pytest.mark.parametrize("reps", [0, P.MAX_REPS + 1])
+def test_infer_repetitions_out_of_range(device, reps):
+    _send_raw(device, P.encode(P.INFER, 0x40, struct.pack("<I", reps)))
+    code, words, _ = _error(_answer(device))
+    assert (code, words[:2]) == (P.ERR_BAD_REQUEST, (reps, P.MAX_REPS))
+
+
+def test_a_duplicated_frame_is_answered_twice_and_changes_nothing(device):
+    data = np.random.default_rng(5).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    device.set_input(0, data)
+    # the second half again, the same frame twice (a retry whose first copy did arrive)
+    frame = P.encode(P.SET_INPUT, 0x41, struct.pack("<BI", 0, 500) + data[500:])
+    _send_raw(device, frame + frame)
+    a, b = _answer(device), _answer(device)
+    assert [(f.kind, f.seq, f.payload) for f in (a, b)] == [(P.ACK, 0x41, bytes([P.SET_INPUT]))] * 2
+    stats = device.infer(1)
+    assert len(stats.counts) == 1
+    assert device.get_output(0, 1000) == bytes((x + 1) & 0xFF for x in data)
+
+
+def test_the_crc_covers_type_seq_and_length(device):
+    """A frame whose header was damaged in transit (seq flipped) with the original CRC is refused, not run."""
+    payload = struct.pack("<I", 1)
+    head = struct.pack("<BBH", P.INFER, 0x50, len(payload))
+    crc = zlib.crc32(head + payload)
+    damaged = struct.pack("<BBH", P.INFER, 0x51, len(payload))
+    _send_raw(device, P.SYNC + damaged + payload + struct.pack("<I", crc))
+    f = _answer(device)
+    assert f.seq == 0x51 and _error(f)[0] == P.ERR_BAD_CRC
+    _still_serving(device)
