@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.codegen.emit import analyse, split_interior
+from harness.engines.native.emit import analyse, split_interior
 from harness.model.ir import Graph
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness import oracle, reference
-from harness.codegen import generate
+from harness.engines.native import generate
 from harness.model import to_tflite_bytes
 from harness.model.builder import GraphBuilder
 from harness.targets.host import HostModel

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import require_tools
 
-from harness.codegen import c_string, generate
+from harness.engines.native import c_string, generate
 from harness.errors import BuildError, UnsupportedModelError
 from harness.model import params as P
 from harness.model.ir import Graph, Op, Quant, Tensor

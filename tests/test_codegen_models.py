@@ -10,7 +10,7 @@ from conftest import SHARED_MODEL_FILES, oracle_bytes, shared_model
 from opmodels import ALL as OPMODELS
 
 from harness import oracle, reference
-from harness.codegen import generate
+from harness.engines.native import generate
 from harness.model import Graph, Op, Quant, Tensor, load_model, to_tflite_bytes
 from harness.model.boundary import dequantize_output, split_boundary
 from harness.targets.host import HostModel
@@ -239,7 +239,7 @@ EXTRA["inverted_bottleneck"] = inverted_bottleneck()
 
 
 def test_inplace_depthwise_shrinks_the_arena(tmp_path):
-    from harness.codegen.planner import plan_memory
+    from harness.engines.native.planner import plan_memory
 
     g = inverted_bottleneck()
     plan = plan_memory(g)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import require_tools
 
-from harness.codegen import generate
+from harness.engines.native import generate
 from harness.model import params as P
 from harness.model.ir import Graph, Op, Quant, Tensor, conv_out_size
 from harness.targets.host import HostModel

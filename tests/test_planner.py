@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.codegen.planner import align, naive_arena_bytes, plan_memory
+from harness.engines.native.planner import align, naive_arena_bytes, plan_memory
 from harness.model import load_model
 from harness.model.ir import Graph, Op, Quant, Tensor
 
@@ -115,7 +115,7 @@ def test_constants_are_not_in_the_arena():
 
 
 def test_every_shared_model_plans_without_overlap(shared_model_path):
-    from harness.codegen.emit import split_interior
+    from harness.engines.native.emit import split_interior
 
     g, _, _ = split_interior(load_model(shared_model_path))
     plan = plan_memory(g)

@@ -11,7 +11,7 @@ import pytest
 from conftest import shared_model
 
 from harness import oracle, reference, zoo
-from harness.codegen import generate
+from harness.engines.native import generate
 from harness.errors import HarnessError
 from harness.model import load_model, to_tflite_bytes
 from harness.targets.host import HostModel

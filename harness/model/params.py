@@ -1,6 +1,6 @@
 """Per-op integer parameters, derived once from the Graph IR with TFLite's arithmetic.
 
-The numpy reference (harness.reference) and the code generator (harness.codegen) both take their
+The numpy reference (harness.reference) and the code generator (harness.engines.native) both take their
 multipliers, shifts, offsets and clamps from here and nowhere else, so the two cannot disagree on them:
 any difference between them is in the kernels' arithmetic.
 

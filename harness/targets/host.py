@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.codegen import KERNEL_DIR, CodegenResult, generate
+from harness.engines.native import KERNEL_DIR, CodegenResult, generate
 from harness.errors import BuildError, HarnessError, TargetError
 from harness.model.ir import Graph
 

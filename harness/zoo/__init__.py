@@ -116,7 +116,7 @@ def export(name: str, path: str | Path) -> Path:
 def models_table() -> list[dict]:
     """One row per zoo model: shapes, MACs, params, weight flash, the planner's arena and the boards it fits."""
     from harness.boards import load_boards
-    from harness.codegen.planner import plan_memory
+    from harness.engines.native.planner import plan_memory
     from harness.model.boundary import split_boundary
 
     boards = [b for b in load_boards().values() if not b.is_qemu]

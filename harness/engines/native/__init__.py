@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.codegen.emit import KERNEL_DIR, CodegenResult, IOSpec, LayerRow, analyse, c_string
-from harness.codegen.emit import generate_files as _generate_files
-from harness.codegen.planner import MemoryPlan, plan_memory
+from harness.engines.native.emit import KERNEL_DIR, CodegenResult, IOSpec, LayerRow, analyse, c_string
+from harness.engines.native.emit import generate_files as _generate_files
+from harness.engines.native.planner import MemoryPlan, plan_memory
 from harness.model.ir import Graph
 
 __all__ = [
