@@ -1,12 +1,13 @@
 # The two commands a new user needs: `make bench` and `make test`. Each first installs whatever is
-# missing on a fresh Debian machine: the ARM toolchain and QEMU from apt, a .venv with the package.
+# missing on a fresh Debian machine: the ARM toolchain (C and C++, the latter for the TFLM engine) and QEMU
+# from apt, a .venv with the package.
 
 PYTHON  ?= python3
 VENV    ?= .venv
 BOARD   ?= nucleo-f746
 MODEL   ?= mcunet_vww
 PYTEST_ARGS ?=
-APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: bench test setup tools test-tools lint clean
@@ -30,6 +31,8 @@ tools:
 	[ -e /usr/lib/arm-none-eabi/newlib/libc_nano.a ] || [ -e "$$(arm-none-eabi-gcc -print-file-name=libc_nano.a 2>/dev/null)" ] \
 		|| missing="$$missing libnewlib-arm-none-eabi"; \
 	command -v qemu-system-arm >/dev/null || missing="$$missing qemu-system-arm"; \
+	printf '#include <new>\n' | arm-none-eabi-g++ -x c++ -fsyntax-only - 2>/dev/null \
+		|| missing="$$missing libstdc++-arm-none-eabi-newlib"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv python3-pip"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

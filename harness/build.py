@@ -22,6 +22,7 @@ from harness.errors import BuildError, DoesNotFitError
 
 FIRMWARE = ROOT / "firmware"
 GCC = "arm-none-eabi-gcc"
+GXX = "arm-none-eabi-g++"
 STACK_RESERVE = 8 * 1024  # the least stack a firmware may be left with: the link fails below it
 
 _FPU_FLAGS = {
@@ -42,6 +43,22 @@ _STM32 = {
 }
 _UART_EN_BIT = {"USART3": 18, "LPUART1": 0, "USART1": 4, "USART2": 17}
 _APB2_UARTS = {"USART1", "USART6"}  # F4/F7: enabled in RCC_APB2ENR (0x44), not APB1ENR
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    """What an engine adds to the shared runtime and board layer. C sources are built with the firmware;
+    C++ sources (.cc) apart with `cxx_flags`; `libraries` are prebuilt (the TFLM library), named in the
+    build's cache key by `key`."""
+
+    sources: tuple[Path, ...]
+    include_dirs: tuple[Path, ...]
+    libraries: tuple[Path, ...] = ()
+    cxx_flags: tuple[str, ...] = ()
+    key: str = ""
+
+
+NATIVE_PARTS = EngineParts(tuple(sorted((FIRMWARE / "kernels").glob("*.c"))), (FIRMWARE / "kernels",))
 
 
 @dataclass
@@ -171,7 +188,6 @@ def firmware_sources(board: Board, qemu: bool) -> list[Path]:
         FIRMWARE / "boards" / uart,
         *clock,
         *sorted((FIRMWARE / "runtime").glob("*.c")),
-        *sorted((FIRMWARE / "kernels").glob("*.c")),
     ]
 
 
@@ -184,9 +200,11 @@ def build_firmware(
     extra_cflags: tuple[str, ...] = (),
     cache_dir: Path | None = None,
     input_bytes: int | None = None,
+    engine: EngineParts = NATIVE_PARTS,
 ) -> BuildResult:
-    """Build the firmware for a generated model (model.h / model.c in `model_dir`). `input_bytes`, the
-    model's total input size, sizes the runtime's input copy; without it, model.h's MODEL_INPUT_BYTES."""
+    """Build the firmware for a model made by `engine` (model.h and its sources in `model_dir`: .c, .cc and
+    .S). `input_bytes`, the model's total input size, sizes the runtime's input copy; without it, model.h's
+    MODEL_INPUT_BYTES."""
     if shutil.which(GCC) is None:
         raise BuildError(f"{GCC} is not installed (apt install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
     model_dir = Path(model_dir)
@@ -199,8 +217,13 @@ def build_firmware(
         if m is None:
             raise BuildError(f"{model_dir}/model.h does not define MODEL_INPUT_BYTES: pass input_bytes")
         input_bytes = int(m.group(1))
-    sources = firmware_sources(board, qemu) + sorted(model_dir.glob("*.c"))
-    headers = sorted(model_dir.glob("*.h")) + sorted(FIRMWARE.glob("*/*.h"))
+    model_files = sorted(p for p in model_dir.iterdir() if p.is_file())
+    sources = firmware_sources(board, qemu) + [p for p in [*engine.sources, *model_files] if p.suffix in (".c", ".S")]
+    cxx_sources = [p for p in [*engine.sources, *model_files] if p.suffix == ".cc"]
+    if cxx_sources and shutil.which(GXX) is None:
+        raise BuildError(f"{GXX} is not installed (apt install gcc-arm-none-eabi libstdc++-arm-none-eabi-newlib)")
+    # every file of the model directory (headers, the .tflite an assembler file includes) is in the key
+    headers = [p for p in model_files if p.suffix not in (".c", ".S", ".cc")] + sorted(FIRMWARE.glob("*/*.h"))
     cflags = [
         *cpu_flags(board), opt, "-g", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter",
         "-ffunction-sections", "-fdata-sections", f"-DHARNESS_INPUT_BYTES={max(4, input_bytes)}u",
@@ -209,9 +232,9 @@ def build_firmware(
     versions = toolchain_versions()
     ld = linker_script(board, qemu)
     h = hashlib.sha256()
-    for part in (json.dumps(cflags), ld, versions["gcc"] or "", repr(board)):
+    for part in (json.dumps(cflags), json.dumps(engine.cxx_flags), engine.key, ld, versions["gcc"] or "", repr(board)):
         h.update(part.encode())
-    for path in sources + headers:
+    for path in sources + cxx_sources + headers:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     build_id = h.hexdigest()[:16]
@@ -227,10 +250,13 @@ def build_firmware(
     out.mkdir(parents=True, exist_ok=True)
     (out / "board_config.h").write_text(config)
     (out / "link.ld").write_text(ld)
-    includes = [out, FIRMWARE / "boards", FIRMWARE / "runtime", FIRMWARE / "kernels", model_dir]
-    cmd = [GCC, *cflags, *[f"-I{d}" for d in includes], *map(str, sources)]
+    includes = [out, FIRMWARE / "boards", FIRMWARE / "runtime", *engine.include_dirs, model_dir]
+    objects = [_compile_cxx(src, out, [*engine.cxx_flags, *[f"-I{d}" for d in includes]]) for src in cxx_sources]
+    cmd = [GCC, *cflags, *[f"-I{d}" for d in includes], *map(str, sources), *map(str, objects)]
     cmd += ["-nostartfiles", "--specs=nano.specs", f"-T{out / 'link.ld'}", "-Wl,--gc-sections"]
     cmd += [f"-Wl,-Map={map_file}", "-o", str(elf)]
+    if engine.libraries or objects:  # C++: the engine's libraries, then libstdc++ for what they name
+        cmd += [*map(str, engine.libraries), "-lstdc++", "-lsupc++", "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         _raise_link_error(proc.stderr, board, qemu)
@@ -239,17 +265,14 @@ def build_firmware(
     result = BuildResult(
         elf=elf,
         map_file=map_file,
-        text=sizes.get(".text", 0) + sizes.get(".ARM.exidx", 0),
+        text=sizes.get(".text", 0) + sizes.get(".ARM.exidx", 0) + sizes.get(".init_array", 0),
         rodata=sizes.get(".rodata", 0),
         data=sizes.get(".data", 0),
         bss=sizes.get(".bss", 0),
         arena=sizes.get(".arena", 0),
         harness=sizes.get(".harness", 0),
         stack=_stack_size(board, sizes),
-        flash_bytes=sizes.get(".text", 0)
-        + sizes.get(".ARM.exidx", 0)
-        + sizes.get(".rodata", 0)
-        + sizes.get(".data", 0),
+        flash_bytes=sum(sizes.get(s, 0) for s in (".text", ".ARM.exidx", ".init_array", ".rodata", ".data")),
         static_ram_bytes=sizes.get(".data", 0) + sizes.get(".bss", 0),
         sram_total=board.ram_bytes,
         flash_total=board.flash_bytes,
@@ -260,6 +283,14 @@ def build_firmware(
     )
     meta.write_text(json.dumps({k: v for k, v in asdict(result).items() if k not in ("elf", "map_file", "cached")}))
     return result
+
+
+def _compile_cxx(src: Path, out: Path, flags: list[str]) -> Path:
+    obj = out / f"{src.stem}.o"
+    proc = subprocess.run([GXX, *flags, "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"compiling {src.name} failed:\n{proc.stderr.strip()[-4000:]}")
+    return obj
 
 
 def _raise_link_error(stderr: str, board: Board, qemu: bool) -> None:

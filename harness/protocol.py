@@ -6,7 +6,9 @@ A frame::
 
 Requests (host -> device) and their answers:
 
-    HELLO_REQ  0x01  ()                                   -> HELLO 0x81
+    HELLO_REQ  0x01  ()                                   -> HELLO 0x81 (version, clock, arena needed,
+                                                            stack, MACs u32; 5 strings; I/O tensors;
+                                                            arena used u32: the engine allocator's count)
     SET_INPUT  0x02  (index u8, offset u32, bytes)       -> ACK 0x82 (type u8)
     INFER      0x03  (repetitions u32, 1..120)           -> STATS 0x83 (n u32, peak stack u32,
                                                             arena high water u32, n x count u64)
@@ -15,7 +17,9 @@ Requests (host -> device) and their answers:
                                                             n x count u64: the counter at each layer's end
                                                             in the last repetition; layers 0 unless the
                                                             firmware was built to profile)
-    any             -> ERROR 0xEE (code u16, 4 x u32, text): bad CRC, bad request, out of range, a fault
+    any             -> ERROR 0xEE (code u16, 4 x u32, text): bad CRC, bad request, out of range, a fault,
+                       frame too long, the engine failed (6: sent unasked at boot or in an inference,
+                       then in answer to every request)
 
 The device echoes the request's sequence number. The device sends HELLO once at boot unasked. Every
 request but INFER is idempotent, so the host retries those on a bad CRC, a garbled answer or a timeout;
@@ -39,7 +43,7 @@ MAX_REPS = 120
 
 HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT, GET_LAYERS = 0x01, 0x02, 0x03, 0x04, 0x05
 HELLO, ACK, STATS, OUTPUT, LAYERS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0xEE
-ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG = 1, 2, 3, 4, 5
+ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG, ERR_ENGINE = 1, 2, 3, 4, 5, 6
 REQUEST_NAMES = {
     HELLO_REQ: "HELLO",
     SET_INPUT: "SET_INPUT",
@@ -85,6 +89,7 @@ class Hello:
     model: str
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
+    arena_used: int | None = None  # what the engine's allocator counts as used (TFLM's arena_used_bytes())
 
 
 @dataclass
@@ -111,13 +116,19 @@ def parse_hello(p: bytes) -> Hello:
             dims = struct.unpack_from("<4i", p, pos + 17)
             specs.append(TensorSpec(off, size, scale, zp, tuple(dims[:ndim])))
             pos += 33
+        (used,) = struct.unpack_from("<I", p, pos) if len(p) >= pos + 4 else (None,)
     except (struct.error, IndexError) as e:
         raise ProtocolError(f"HELLO is malformed ({len(p)} bytes): {e}") from e
-    return Hello(version, clock, arena, stack, macs, *strings, specs[:n_in], specs[n_in:])
+    return Hello(version, clock, arena, stack, macs, *strings, specs[:n_in], specs[n_in:], used)
 
 
 class LinkBroken(TargetError):
     """The serial link itself failed (the port closed, QEMU died): nothing to retry."""
+
+
+class EngineFailed(TargetError):
+    """The engine on the device could not start or run (TFLM's AllocateTensors or Invoke failed): it says
+    why, and answers every request with the same words, so there is nothing to retry."""
 
 
 class Device:
@@ -183,6 +194,8 @@ class Device:
             raise TargetError(
                 f"{self.describe} faulted: {FAULT_KINDS.get(d, text)} at PC 0x{a:08x} (LR 0x{b:08x}, CFSR 0x{c:08x})"
             )
+        if code == ERR_ENGINE:
+            raise EngineFailed(f"{self.describe}: the engine failed on the device: {text.strip() or 'no reason given'}")
         raise ProtocolError(f"{self.describe} refused the request: {text} (code {code}, {a}, {b}, {c})")
 
     def request(
@@ -207,7 +220,7 @@ class Device:
                     f = self.read_frame(max(0.0, deadline - time.monotonic()))
                     if f.kind == ERROR:
                         code = struct.unpack_from("<H", f.payload.ljust(2, b"\0"))[0]
-                        if code == ERR_FAULT:
+                        if code in (ERR_FAULT, ERR_ENGINE):  # whatever request it answers: the device is done
                             self._raise_error(f.payload)
                         if f.seq != seq and code != ERR_BAD_CRC:
                             continue
@@ -224,7 +237,7 @@ class Device:
                 if "refused" in str(e):
                     raise
             except TargetError as e:
-                if "faulted" in str(e) or isinstance(e, LinkBroken):
+                if "faulted" in str(e) or isinstance(e, LinkBroken | EngineFailed):
                     raise
                 name = REQUEST_NAMES.get(kind, f"0x{kind:02x}")
                 e = TargetError(
@@ -252,7 +265,7 @@ class Device:
                     return parse_hello(f.payload)
                 if f.kind == ERROR:
                     self._raise_error(f.payload)
-        except LinkBroken:
+        except (LinkBroken, EngineFailed):
             raise
         except TargetError as e:
             if "faulted" in str(e):

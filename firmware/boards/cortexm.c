@@ -19,6 +19,7 @@
 #define DWT_LAR REG32(0xE0001FB0u)
 
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, __stack_end__;
+extern void (*__init_array_start[])(void), (*__init_array_end[])(void);
 int main(void);
 
 void reset_handler(void)
@@ -30,6 +31,9 @@ void reset_handler(void)
     __asm__ volatile("dsb\n isb" ::: "memory");
 #endif
     SCB_SHCSR |= (7u << 16); /* MemManage, BusFault, UsageFault as their own handlers: a precise report */
+    for (void (**ctor)(void) = __init_array_start; ctor < __init_array_end; ctor++) {
+        (*ctor)(); /* static constructors of a C++ engine, after the FPU is on */
+    }
     main();
     board_exit(0);
 }

@@ -13,6 +13,22 @@
 #define ARENA_PAINT 0xA5u
 #define MAX_REPS 120u /* STATS carries one 64-bit count per repetition in one frame */
 
+/* An engine that allocates at boot (TFLM) says so with MODEL_HAS_INIT and reports the arena it needs and
+ * what its allocator counts as used; the native engine's plan is static: both are its arena's size. */
+#ifndef MODEL_HAS_INIT
+#define MODEL_HAS_INIT 0
+#endif
+#ifndef MODEL_ARENA_NEEDED
+#define MODEL_ARENA_NEEDED MODEL_ARENA_BYTES
+#endif
+#ifndef MODEL_ARENA_USED
+#define MODEL_ARENA_USED MODEL_ARENA_BYTES
+#endif
+/* The native plan grows from the arena's start; TFLM also keeps persistent data at its end. */
+#ifndef MODEL_ARENA_TWO_ENDED
+#define MODEL_ARENA_TWO_ENDED 0
+#endif
+
 static int8_t arena[MODEL_ARENA_BYTES > 0 ? MODEL_ARENA_BYTES : 16]
     __attribute__((section(".arena"), aligned(16)));
 /* The inputs as the host sent them. The planner may let later layers overwrite an input that is dead, so
@@ -92,13 +108,24 @@ static uint32_t peak_stack(void)
     return (uint32_t)((const char *)&__stack_end__ - (const char *)w);
 }
 
+/* The bytes the engine touched: the arena less its untouched end (an arena growing from its start) or
+ * less its largest untouched gap (one growing from both ends). */
 static uint32_t arena_high_water(void)
 {
     uint32_t n = MODEL_ARENA_BYTES;
     while (n > 0 && (uint8_t)arena[n - 1] == ARENA_PAINT) {
         n--;
     }
+#if MODEL_ARENA_TWO_ENDED
+    uint32_t gap = MODEL_ARENA_BYTES - n;
+    for (uint32_t i = 0, run = 0; i < n; i++) {
+        run = (uint8_t)arena[i] == ARENA_PAINT ? run + 1 : 0;
+        gap = run > gap ? run : gap;
+    }
+    return MODEL_ARENA_BYTES - gap;
+#else
     return n;
+#endif
 }
 
 static void send_hello(uint8_t seq)
@@ -106,7 +133,7 @@ static void send_hello(uint8_t seq)
     uint32_t n = 0;
     put32(tx + n, PROTO_VERSION);
     put32(tx + n + 4, board_clock_hz());
-    put32(tx + n + 8, MODEL_ARENA_BYTES);
+    put32(tx + n + 8, MODEL_ARENA_NEEDED);
     put32(tx + n + 12, (uint32_t)((char *)&__stack_end__ - (char *)&__stack_start__));
     put32(tx + n + 16, MODEL_MACS);
     n += 20;
@@ -123,6 +150,8 @@ static void send_hello(uint8_t seq)
     for (int i = 0; i < MODEL_NUM_OUTPUTS; i++) {
         n += put_tensor(tx + n, &model_outputs[i]);
     }
+    put32(tx + n, MODEL_ARENA_USED);
+    n += 4;
     proto_send(MSG_HELLO, seq, tx, (uint16_t)n);
 }
 
@@ -234,11 +263,28 @@ void runtime_fault(uint32_t pc, uint32_t lr, uint32_t cfsr, uint32_t kind)
     proto_error(0, ERR_FAULT, pc, lr, cfsr, kind, names[kind < 6 ? kind : 0]);
 }
 
+/* The engine cannot go on (TFLM's AllocateTensors or Invoke failed): say why, unasked and then to every
+ * request, so the host reports the engine's own words rather than a silent device. */
+void model_failed(const char *why)
+{
+    proto_error(0, ERR_ENGINE, 0, 0, 0, 0, why);
+    for (;;) {
+        (void)proto_read(&rx);
+        proto_error(rx.seq, ERR_ENGINE, 0, 0, 0, 0, why);
+    }
+}
+
 int main(void)
 {
     paint_stack();
     board_init();
     memset(arena, ARENA_PAINT, sizeof arena);
+#if MODEL_HAS_INIT
+    const char *why = "model_init failed";
+    if (model_init(arena, MODEL_ARENA_BYTES, &why) != 0) {
+        model_failed(why);
+    }
+#endif
     send_hello(0);
     for (;;) {
         int err = proto_read(&rx);

@@ -28,6 +28,7 @@ enum {
     ERR_OUT_OF_RANGE = 3,
     ERR_FAULT = 4,
     ERR_TOO_LONG = 5,
+    ERR_ENGINE = 6, /* the engine failed to start or to run (its message says why) */
 };
 
 typedef struct {
