@@ -99,6 +99,7 @@ def run_accuracy(
     on_sample: Callable[[int, int], None] | None = None,
     engine=None,
     write_report: bool = True,
+    engine_name: str = "native",
 ) -> dict[str, Any]:
     """Run `dataset` through `model` on `board` and return the report (also written under
     results/reports/<run id>/ and summarised in the results store as an "accuracy" record).
@@ -107,7 +108,8 @@ def run_accuracy(
     an .npz path or a Dataset. resume: True = continue the latest unfinished run of the same model, board,
     target and data; a run id = continue that run; False = start afresh. `engine`: an Engine already made
     by harness.bench.prepare for this model and board (several data sets, or runs, on one build); it must
-    be that model's, since the report and the resume key name the model.
+    be that model's, since the report and the resume key name the model. `engine_name`: which engine
+    makes the firmware when no Engine is given (native, tflm-cmsis, tflm-ref).
     """
     from harness.bench import model_digest, prepare
 
@@ -125,7 +127,7 @@ def run_accuracy(
     )
     total = len(fitted.x) if limit is None else max(0, min(int(limit), len(fitted.x)))
     if engine is None:
-        engine = prepare(board, graph, target, opt, build_dir, say)
+        engine = prepare(board, graph, target, opt, build_dir, say, engine=engine_name)
     elif engine.digest != model_digest(graph) or engine.board.name != board.name:
         raise HarnessError(
             f"the engine given was prepared for another model or board ({engine.board.name}, model sha256 "
@@ -141,7 +143,8 @@ def run_accuracy(
         say(f"{jobs} QEMU instances on {cores} CPU cores: each needs about a core and a half, so more than "
             f"{max(1, 2 * cores // 3)} job(s) will not run faster here")  # fmt: skip
 
-    key = run_key(engine.digest, board.name, engine.target_kind, fitted.digest)
+    engine_name = engine.spec.engine
+    key = run_key(engine.digest, board.name, engine.target_kind, fitted.digest, engine_name)
     run_dir, run_id, resumed = _open_run(key, resume, results_dir)
     meta = {
         "run_id": run_id,
@@ -156,6 +159,7 @@ def run_accuracy(
         "dataset_samples": len(fitted.x),
         "target": engine.target_kind,
         "target_desc": engine.target_desc,
+        "engine": engine_name,
         "complete": False,
     }
     _write_meta(run_dir, {**_read_meta(run_dir), **meta})
@@ -174,6 +178,7 @@ def run_accuracy(
         "dataset_sha256": fitted.digest,
         "target": engine.target_kind,
         "target_desc": engine.target_desc,
+        "engine": engine_name,
         "report_dir": str(run_dir),
     }
     try:
@@ -248,9 +253,10 @@ def run_accuracy(
     return report
 
 
-def run_key(model_sha: str, board: str, target_kind: str, data_sha: str) -> str:
+def run_key(model_sha: str, board: str, target_kind: str, data_sha: str, engine: str = "native") -> str:
     """Runs with the same key measure the same thing: a resumed run may only continue one of its own."""
-    return hashlib.sha256(f"{model_sha}|{board}|{target_kind}|{data_sha}".encode()).hexdigest()[:24]
+    what = f"{model_sha}|{board}|{target_kind}|{data_sha}" + ("" if engine == "native" else f"|{engine}")
+    return hashlib.sha256(what.encode()).hexdigest()[:24]
 
 
 def _run_samples(
@@ -619,7 +625,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     lat = f.get("latency") or {}
     return {
         **{k: report[k] for k in ("run_id", "board", "model", "model_sha256", "dataset", "dataset_sha256")},
-        **{k: report[k] for k in ("target", "target_desc", "status", "report_dir", "samples_total")},
+        **{k: report[k] for k in ("target", "target_desc", "engine", "status", "report_dir", "samples_total")},
         "figures": {k: f[k] for k in keep if k in f},
         "disagreements": len(f.get("disagreements", [])),
         "distance": f.get("distance"),

@@ -139,7 +139,11 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         (
             "device = host (bit-exact)",
             _pct(f["agreement"]),
-            "every output identical" if dis == 0 else f"{dis} samples DIFFER: the engine has a bug",
+            "every output identical"
+            if dis == 0
+            else f"{dis} samples DIFFER: the engine has a bug"
+            if report.get("engine", "native") == "native"
+            else f"{dis} samples differ: a finding about {report['engine']}, which rounds differently",
         )
     )
     d = f["distance"]
@@ -185,6 +189,7 @@ def _context(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("board", report["board"]),
         ("target", f"{report['target']}: {target}"),
         ("model", f"{report['model']} (sha256 {report['model_sha256'][:16]}…)"),
+        ("engine", report.get("engine", "native")),
         ("data set", f"{data}: {report['samples_total']} of {report['samples_in_dataset']} samples"),
         ("preprocessing", report["preprocessing"]),
         (
@@ -272,9 +277,13 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
                 f"on all {f['samples']} samples.</p>"
             )
         else:
+            engine = report.get("engine", "native")
             parts.append(
                 f'<p class="bad">{len(dis)} of {f["samples"]} samples differ. Bit-exactness is the contract: '
                 "each of these is a bug in the generated engine or the firmware.</p>"
+                if engine == "native"
+                else f'<p class="bad">{len(dis)} of {f["samples"]} samples differ: {engine} is measured against '
+                "the same reference, and its deviations are findings about it.</p>"
             )
             parts.append('<table class="disagreements"><tr><th>sample</th><th>label</th><th>device top-1</th>'
                          "<th>host top-1</th><th>elements differing</th>"

@@ -23,6 +23,7 @@ from harness.errors import HarnessError, TargetError
 
 Say = Callable[[str], None]
 Step = Callable[..., None]
+Oracle = Callable[[Any, list[np.ndarray]], list[np.ndarray]]  # (interior graph, inputs) -> expected outputs
 
 
 @dataclass
@@ -42,6 +43,7 @@ class BenchOptions:
     probe: str = ""  # a probe unique id (`remote:HOST:PORT` for `pyocd server`), else boards.toml / discovery
     serial: str = ""  # the board's serial port as a pyserial URL (`rfc2217://HOST:PORT` on another host)
     layers: bool = False  # a profiling build: the counter stamped after every layer (per-layer figures)
+    engine: str = "native"  # native | tflm-cmsis | tflm-ref (harness.engines)
 
 
 class OutputMismatch(HarnessError):
@@ -99,12 +101,12 @@ def choose_target(board, kind: str, say: Say):
 
 @dataclass
 class Engine:
-    """A model made ready to run on one board and target: generated C, firmware built (not for host)."""
+    """A model made ready to run on one board and target by one engine: firmware built (not for host)."""
 
     board: Any
     graph: Any  # as given (may have a float boundary)
     interior: Any  # the int8 graph the device runs
-    codegen: Any
+    spec: Any  # harness.engines.EngineSpec: I/O, arena, weights, layers
     build: Any  # BuildResult, None on the host target
     target: Any  # a harness.targets Target, None on the host target
     target_kind: str  # qemu | pyocd | host
@@ -119,10 +121,10 @@ class Engine:
         if self.target is None:
             from harness.targets.host import HostModel
 
-            yield Runner(self, HostModel(self.codegen, cache_dir=self.work / "host"), None)
+            yield Runner(self, HostModel(self.spec.host, cache_dir=self.work / "host"), None)
             return
         with self.target.open(self.build, timeout=timeout) as session:
-            _check_hello(session.hello, self.codegen)
+            _check_hello(session.hello, self.spec)
             yield Runner(self, None, session)
 
 
@@ -144,7 +146,7 @@ class Runner:
         self.hello = session.hello if session is not None else None
 
     def run(self, inputs: list[np.ndarray], repetitions: int = 1, warmup: int = 0):
-        specs = self.engine.codegen.outputs
+        specs = self.engine.spec.outputs
         if self._host is not None:
             return [np.asarray(o) for o in self._host.run(inputs)], None
         dev = self.session.device
@@ -170,34 +172,34 @@ def prepare(
     say: Say = lambda _m: None,
     step: Step = lambda *_a, **_k: None,
     profile: bool = False,
+    engine: str = "native",
 ) -> Engine:
-    """Generate the engine for `graph` and build its firmware for `board` on the chosen target; `profile`
-    builds it to stamp the counter after every layer."""
-    from harness.codegen import generate
+    """Make `graph` ready with `engine` and build its firmware for `board` on the chosen target; `profile`
+    builds it to stamp the counter after every layer (engines with per-layer rows)."""
+    from harness import engines
     from harness.model.boundary import split_boundary
 
+    engines.check(engine)
     interior, _, _ = split_boundary(graph)
     digest = model_digest(graph)
     tgt, desc = choose_target(board, target, say)
     kind = "host" if tgt is None else tgt.kind
-    step("generating C")
     work = build_root(build_dir) / digest[:16]
-    cg = generate(interior, work / "model", dsp=board.dsp)
-    build = None
-    if tgt is not None:
-        from harness.build import build_firmware
-
-        step("building firmware")
-        build = build_firmware(
-            work / "model", board, qemu=(kind == "qemu"), opt=opt, cache_dir=work / "fw",
-            input_bytes=sum(s.bytes for s in cg.inputs),
-            extra_cflags=("-DHARNESS_LAYER_PROFILE=1",) if profile else (),
-        )  # fmt: skip
-    return Engine(board, graph, interior, cg, build, tgt, kind, desc, digest, work, profile and tgt is not None)
+    profile = profile and tgt is not None and engine == "native"
+    spec, build = engines.prepare(
+        engine, board, graph, interior, work, build=tgt is not None, qemu=kind == "qemu", opt=opt,
+        profile=profile, say=say, step=step,
+    )  # fmt: skip
+    for note in spec.notes:
+        say(note)
+    return Engine(board, graph, interior, spec, build, tgt, kind, desc, digest, work, profile)
 
 
-def run_bench(opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambda *_a, **_k: None) -> dict[str, Any]:
-    """Run one benchmark and return its record (also appended to the results store)."""
+def run_bench(
+    opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambda *_a, **_k: None, oracle: Oracle | None = None
+) -> dict[str, Any]:
+    """Run one benchmark and return its record (also appended to the results store). The device's outputs
+    are checked against the numpy reference, or against `oracle` (the TFLite interpreter) when given."""
     from harness.boards import get_board
     from harness.zoo import resolve_model
 
@@ -214,7 +216,7 @@ def run_bench(opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambd
         "status": "failed",
     }
     try:
-        _bench(opts, board, graph, record, say, step)
+        _bench(opts, board, graph, record, say, step, oracle)
         record["status"] = "ok"
     except HarnessError as e:
         record["reason"] = f"{type(e).__name__}: {e}"
@@ -227,14 +229,24 @@ def run_bench(opts: BenchOptions, say: Say = lambda _m: None, step: Step = lambd
     return record
 
 
-def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, step: Step) -> None:
+def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, step: Step, oracle) -> None:
     from harness import reference
     from harness.build import toolchain_versions
 
     record["versions"] = toolchain_versions()
-    engine = prepare(board, graph, opts.target, opts.opt, opts.build_dir, say, step, profile=opts.layers)
+    engine = prepare(
+        board, graph, opts.target, opts.opt, opts.build_dir, say, step, profile=opts.layers, engine=opts.engine
+    )
     if opts.layers and not engine.profile:
-        say("--layers: the host target counts nothing, so there are no per-layer figures")
+        why = (
+            "the host target counts nothing"
+            if engine.target is None
+            else f"the {opts.engine} engine has no layer stamps"
+        )
+        say(f"--layers: {why}, so there are no per-layer figures")
+    record["engine"] = opts.engine
+    if engine.spec.notes:
+        record["engine_notes"] = engine.spec.notes
     record["model_sha256"] = engine.digest
     record["target"] = engine.target_kind
     record["target_desc"] = engine.target_desc
@@ -249,9 +261,11 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
             "data": b.data,
             "bss": b.bss,
         }
-    input_sets = random_inputs(engine.codegen.inputs, opts.inputs, opts.seed)
+    input_sets = random_inputs(engine.spec.inputs, opts.inputs, opts.seed)
     step("reference outputs")
-    expected = [reference.run(engine.interior, xs) for xs in input_sets]
+    record["expected_from"] = "numpy reference (bit-exact with TFLite)" if oracle is None else "TFLite interpreter"
+    expected = [(oracle or reference.run)(engine.interior, xs) for xs in input_sets]
+    deviations: list[str] = []
     counts: list[int] = []
     layer_ends: list[list[int]] = []
     peak_stack = arena_hw = 0
@@ -260,7 +274,11 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
         for k, (xs, want) in enumerate(zip(input_sets, expected, strict=True)):
             step(f"input {k + 1}/{total}", k, total)
             got, stats = runner.run(xs, opts.repetitions, opts.warmup)
-            _check(got, want)
+            diff = _difference(got, want, "the reference" if oracle is None else "the TFLite interpreter")
+            if diff and opts.engine == "native":  # the generated code is bit-exact by contract
+                raise OutputMismatch(diff)
+            if diff:  # another engine's deviation is a finding about that engine, reported, not an error
+                deviations.append(f"input {k}: {diff}")
             if stats is not None:
                 counts.extend(stats.counts)
                 peak_stack = max(peak_stack, stats.peak_stack)
@@ -269,32 +287,38 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
                     layer_ends.append(stats.layer_ends)
         step("done", total, total)
         hello = runner.hello
-    record["outputs_match"] = True
+    record["outputs_match"] = not deviations
+    if deviations:
+        record["output_deviations"] = deviations
+        say(f"{opts.engine}: {'; '.join(deviations)}")
     record["inputs"] = total
     record["repetitions"] = opts.repetitions
     record["figures"] = (
-        None if hello is None else figures(board, hello, engine.build, engine.codegen, counts, peak_stack, arena_hw)
+        None if hello is None else figures(board, hello, engine.build, engine.spec, counts, peak_stack, arena_hw)
     )
-    if opts.layers and hello is not None:
-        record["layers"] = layer_figures(board, hello, engine.codegen, layer_ends)
+    if engine.profile and hello is not None:
+        record["layers"] = layer_figures(board, hello, engine.spec, layer_ends)
         record["figures"]["count_note"] += (
             "; a profiling build: each layer's end reads the counter, which the total includes"
         )
 
 
-def _check(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+def _difference(got: list[np.ndarray], want: list[np.ndarray], what: str) -> str:
+    """'' when every output equals the expected one, else where the first differing output differs."""
     for j, (g, w) in enumerate(zip(got, want, strict=True)):
+        w = np.asarray(w)
         g = np.asarray(g).reshape(w.shape)
         if not np.array_equal(g, w):
-            raise OutputMismatch(f"output {j} differs from the reference: {first_difference(g, w)}")
+            return f"output {j} differs from {what}: {first_difference(g, w)}"
+    return ""
 
 
-def _check_hello(hello, cg) -> None:
-    """The firmware must be the one we just built: same model arena and I/O sizes."""
-    if hello.arena_bytes != cg.arena_bytes:
+def _check_hello(hello, spec) -> None:
+    """The firmware must be the one we just built: the same arena (TFLM: and the same arena_used_bytes())."""
+    if hello.arena_bytes != spec.arena_bytes or spec.arena_used not in (None, hello.arena_used):
         raise TargetError(
-            f"the device reports an arena of {hello.arena_bytes} B, the build planned {cg.arena_bytes} B: "
-            "stale firmware?"
+            f"the device reports an arena of {hello.arena_bytes} B ({hello.arena_used} B used), the build "
+            f"planned {spec.arena_bytes} B ({spec.arena_used} B used): stale firmware?"
         )
 
 
@@ -303,13 +327,13 @@ def _per_count(board, hello) -> float:
     return board.qemu_machine.icount_per_tick if hello.counter_source == "qemu-icount" else 1.0
 
 
-def layer_figures(board, hello, cg, layer_ends: list[list[int]]) -> list[dict[str, Any]]:
+def layer_figures(board, hello, spec, layer_ends: list[list[int]]) -> list[dict[str, Any]]:
     """Per layer: its count (the median over the inputs of the difference between its end stamp and the one
     before), its share of the inference and its MACs per count. RESHAPE layers alias their input and count
     only the stamp itself."""
-    if not layer_ends or any(len(e) != len(cg.layers) for e in layer_ends):
+    if not layer_ends or any(len(e) != len(spec.layers) for e in layer_ends):
         raise TargetError(
-            f"the device returned {len(layer_ends[0]) if layer_ends else 0} layer stamps for {len(cg.layers)} "
+            f"the device returned {len(layer_ends[0]) if layer_ends else 0} layer stamps for {len(spec.layers)} "
             "layers: firmware built without layer profiling?"
         )
     per = _per_count(board, hello)
@@ -318,7 +342,7 @@ def layer_figures(board, hello, cg, layer_ends: list[list[int]]) -> list[dict[st
     median = np.median(spans, axis=0)
     total = float(np.median(ends[:, -1])) * per
     rows = []
-    for row, value in zip(cg.layers, median, strict=True):
+    for row, value in zip(spec.layers, median, strict=True):
         rows.append(
             {
                 "index": row.index,
@@ -334,7 +358,7 @@ def layer_figures(board, hello, cg, layer_ends: list[list[int]]) -> list[dict[st
     return rows
 
 
-def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_hw: int) -> dict[str, Any]:
+def figures(board, hello, build, spec, counts: list[int], peak_stack: int, arena_hw: int) -> dict[str, Any]:
     """The reported figures, each labelled with its source (DESIGN.md: measurements carry their source)."""
     source = hello.counter_source
     per_tick = _per_count(board, hello)
@@ -349,10 +373,10 @@ def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_h
         note = f"{source} cycle counter at {hello.clock_hz / 1e6:g} MHz"
         latency = statistics.median(values) / hello.clock_hz * 1e3
         latency_note = "measured: cycles / clock"
-    macs = cg.macs
+    macs = spec.macs
     med = statistics.median(values)
     static_ram = build.static_ram_bytes
-    peak_sram = cg.arena_bytes + peak_stack + static_ram
+    peak_sram = spec.arena_bytes + peak_stack + static_ram
     flash = build.flash_bytes
     return {
         "count_source": source,
@@ -363,14 +387,15 @@ def figures(board, hello, build, cg, counts: list[int], peak_stack: int, arena_h
         "macs_per_count": macs / med if med else 0.0,
         "latency_ms": latency,
         "latency_note": latency_note,
-        "arena_bytes": cg.arena_bytes,
+        "arena_bytes": spec.arena_bytes,
+        "arena_used_bytes": spec.arena_bytes if spec.arena_used is None else spec.arena_used,
         "arena_high_water_bytes": arena_hw,
         "peak_stack_bytes": peak_stack,
         "static_ram_bytes": static_ram,
         "harness_ram_bytes": build.harness,
         "peak_sram_bytes": peak_sram,
-        "weight_bytes": cg.weight_bytes,
-        "code_bytes": flash - cg.weight_bytes,
+        "weight_bytes": spec.weight_bytes,
+        "code_bytes": flash - spec.weight_bytes,
         "flash_bytes": flash,
         "board_sram_bytes": board.sram_bytes,
         "board_flash_bytes": board.flash_bytes,

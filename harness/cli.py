@@ -14,7 +14,7 @@ from rich.table import Table
 
 from harness.errors import HarnessError
 
-EXTENSIONS = ("harness.cli_accuracy", "harness.cli_nightly", "harness.cli_boards")
+EXTENSIONS = ("harness.cli_accuracy", "harness.cli_nightly", "harness.cli_boards", "harness.cli_engines")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -140,6 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         probe=args.probe,
         serial=args.serial,
         layers=args.layers,
+        engine=args.engine,
     )
     if args.json:
         result = run_bench(opts, say=lambda msg: err_console.print(msg))
@@ -170,7 +171,10 @@ def print_bench(r: dict[str, Any]) -> None:
         console.print(f"{r['model']} on {r['target_desc']}: outputs {verdict} over {r['inputs']} inputs")
         return
     unit = f["count_unit"]
-    table = Table(title=f"{r['model']} on {r['board']} ({r['target_desc']})", title_justify="left", show_header=False)
+    engine = "" if r.get("engine", "native") == "native" else f", engine {r['engine']}"
+    table = Table(
+        title=f"{r['model']} on {r['board']} ({r['target_desc']}{engine})", title_justify="left", show_header=False
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("note")
@@ -188,10 +192,12 @@ def print_bench(r: dict[str, Any]) -> None:
         _kib(f["peak_sram_bytes"]),
         f"arena {f['arena_bytes']:,} + stack {f['peak_stack_bytes']:,} + static {f['static_ram_bytes']:,} B",
     )
+    used = f.get("arena_used_bytes", f["arena_bytes"])
     table.add_row(
         "  arena (planned / touched)",
         f"{f['arena_bytes']:,} B",
-        f"high water painted on device: {f['arena_high_water_bytes']:,} B",
+        f"high water painted on device: {f['arena_high_water_bytes']:,} B"
+        + ("" if used == f["arena_bytes"] else f"; TFLM arena_used_bytes() {used:,} B"),
     )
     table.add_row("flash", _kib(f["flash_bytes"]), f"code+data {f['code_bytes']:,} + weights {f['weight_bytes']:,} B")
     table.add_row(
@@ -201,8 +207,9 @@ def print_bench(r: dict[str, Any]) -> None:
     )
     table.add_row(
         "outputs vs reference",
-        "bit-exact" if r["outputs_match"] else "MISMATCH",
-        f"{r['inputs']} inputs x {r['repetitions']} repetitions",
+        "bit-exact" if r["outputs_match"] else "DIFFER",
+        f"{r['inputs']} inputs x {r['repetitions']} repetitions"
+        + (f"; {r['output_deviations'][0]}" if r.get("output_deviations") else ""),
     )
     console.print(table)
     if r.get("layers"):
@@ -260,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--layers", action="store_true", help="per-layer counts (a profiling build: the counter read after each layer)"
     )
+    from harness.cli_engines import add_engine_option
+
+    add_engine_option(b)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     a.add_argument("--opt", default="-O2", help="optimisation flag for the firmware build")
     a.add_argument("--timeout", type=float, default=120.0, help="seconds one device request may take")
     a.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
+    from harness.cli_engines import add_engine_option
+
+    add_engine_option(a)
     a.add_argument("--json", action="store_true", help="print the report's summary as JSON")
     a.set_defaults(func=cmd_accuracy)
 
@@ -76,6 +79,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         say=lambda m: err_console.print(m, highlight=False),
         progress=not args.json,
+        engine_name=args.engine,
     )
     if args.json:
         from harness.accuracy import _summary

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import results
+from harness.engines import ENGINES
 from harness.errors import HarnessError
 
 Say = Callable[[str], None]
@@ -59,10 +60,13 @@ class Thresholds:
       0 bytes. On hardware the tick can land one exception frame deeper (104 B with the FP context).
     - Accuracy: the engine is bit-exact, so the same model scores the same; a drop means a different model
       (retrained, requantised). 0.5 points is about two samples of the digits hold-out set.
+    - The native / tflm-cmsis count ratio (our lead over CMSIS-NN, lower is better) is a quotient of two
+      deterministic counts: the same 0.1 % as instructions.
     """
 
     instructions_pct: float = 0.1
     cycles_pct: float = 2.0
+    ratio_pct: float = 0.1  # native / tflm-cmsis counts: both deterministic, so any real move
     flash_bytes: int = 0
     peak_sram_bytes: int = 0
     peak_sram_bytes_hardware: int = 104
@@ -97,6 +101,7 @@ CELL_FIELDS = {
     "dataset": str,
     "limit": int,
     "expect_failure": str,
+    "engine": str,
 }
 
 
@@ -115,14 +120,16 @@ class Cell:
     dataset: str | None = None
     limit: int | None = None  # samples of the data set
     expect_failure: str | None = None  # an error class this cell is known to fail with (e.g. DoesNotFitError)
+    engine: str = "native"  # native | tflm-cmsis | tflm-ref
     opt_in_key: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     @property
     def key(self) -> str:
-        """The cell's identity across runs: board:model, plus the opt level when the matrix varies it."""
+        """The cell's identity across runs: board:model, the engine unless native, and the opt level when the
+        matrix varies it."""
         model = Path(self.model).name if self.model.endswith(".tflite") else self.model
-        key = f"{self.board}:{model}"
+        key = f"{self.board}:{model}" + ("" if self.engine == "native" else f":{self.engine}")
         return f"{key}:{self.opt.lstrip('-')}" if self.opt_in_key else key
 
     @property
@@ -170,21 +177,25 @@ def parse_matrix(data: dict[str, Any], where: str = "matrix") -> Matrix:
     thresholds = Thresholds.from_dict(data.get("thresholds", {}), f"{where} [thresholds]")
     defaults = _cell_fields(data.get("defaults", {}), f"{where} [defaults]")
     axes = data.get("matrix", {})
-    unknown = set(axes) - {"boards", "models", "opt"}
+    unknown = set(axes) - {"boards", "models", "opt", "engines"}
     if unknown:
-        raise MatrixError(f"{where} [matrix]: unknown key(s) {', '.join(sorted(unknown))}; known: boards, models, opt")
+        raise MatrixError(
+            f"{where} [matrix]: unknown key(s) {', '.join(sorted(unknown))}; known: boards, models, opt, engines"
+        )
     boards = _str_list(axes.get("boards", []), f"{where} [matrix] boards")
     models = _str_list(axes.get("models", []), f"{where} [matrix] models")
     opts = _str_list(axes.get("opt", [defaults.get("opt", "-O2")]), f"{where} [matrix] opt")
     opt_in_key = len(opts) > 1 or "opt" in axes
+    engine_axis = _str_list(axes.get("engines", [defaults.get("engine", "native")]), f"{where} [matrix] engines")
 
     cells: dict[str, Cell] = {}
     base = {**defaults, "thresholds": thresholds, "opt_in_key": opt_in_key}
     for b in boards:
         for m in models:
             for o in opts:
-                c = Cell(board=b, model=m, **{**base, "opt": o})
-                cells[c.key] = c
+                for e in engine_axis:
+                    c = Cell(board=b, model=m, **{**base, "opt": o, "engine": e})
+                    cells[c.key] = c
     for i, extra in enumerate(data.get("cells", [])):
         w = f"{where} [[cells]] #{i + 1}"
         if not isinstance(extra, dict) or "board" not in extra or "model" not in extra:
@@ -196,8 +207,8 @@ def parse_matrix(data: dict[str, Any], where: str = "matrix") -> Matrix:
         merged["thresholds"] = Thresholds.from_dict(extra.get("thresholds", {}), w, thresholds)
         cells[probe.key] = Cell(**merged)
     for i, ex in enumerate(data.get("exclude", [])):
-        if not isinstance(ex, dict) or not set(ex) <= {"board", "model", "opt"} or not ex:
-            raise MatrixError(f"{where} [[exclude]] #{i + 1}: give any of board, model, opt")
+        if not isinstance(ex, dict) or not set(ex) <= {"board", "model", "opt", "engine"} or not ex:
+            raise MatrixError(f"{where} [[exclude]] #{i + 1}: give any of board, model, opt, engine")
         for k in [k for k, c in cells.items() if all(getattr(c, f) == v for f, v in ex.items())]:
             del cells[k]
     if not cells:
@@ -213,6 +224,8 @@ def parse_matrix(data: dict[str, Any], where: str = "matrix") -> Matrix:
             raise MatrixError(f"{where}: model {c.model!r} in cell {c.key} is neither a zoo name nor a .tflite path")
         if c.target not in ("auto", "qemu", "pyocd"):
             raise MatrixError(f"{where}: target {c.target!r} in cell {c.key}: use qemu, pyocd or auto")
+        if c.engine not in ENGINES:
+            raise MatrixError(f"{where}: engine {c.engine!r} in cell {c.key}: use one of {', '.join(ENGINES)}")
         if not re.fullmatch(r"-O[0123sz]|-Og|-Ofast", c.opt):
             raise MatrixError(f"{where}: opt {c.opt!r} in cell {c.key}: use one of -O0 -O1 -O2 -O3 -Os -Oz -Og -Ofast")
     return Matrix(name, str(data.get("description", "")), list(cells.values()), thresholds)
@@ -266,6 +279,7 @@ def run_cell(cell: Cell, run_id: str, matrix: str, results_dir: str | None, buil
         timeout=cell.timeout,
         build_dir=str(cell_build_dir(cell, build_dir)),
         record=False,  # recorded here, with the nightly tag
+        engine=cell.engine,
     )
     try:
         rec = run_bench(opts)
@@ -306,6 +320,7 @@ def _cell_head(cell: Cell, run_id: str, matrix: str) -> dict[str, Any]:
         "opt": cell.opt,
         "target": cell.target,
         "dataset": cell.dataset,
+        "engine": cell.engine,
     }
 
 
@@ -325,6 +340,10 @@ def _failed_bench_record(cell: Cell, reason: str, tag: dict[str, Any]) -> dict[s
 def bench_metrics(rec: dict[str, Any]) -> dict[str, Any]:
     """The metrics a verdict reads from one bench record."""
     m: dict[str, Any] = {"outputs_match": bool(rec.get("outputs_match"))}
+    if rec.get("engine", "native") != "native":
+        # another engine's deviation from the interpreter is a finding about it, tracked, not a failure
+        m["engine"] = rec["engine"]
+        m["outputs_deviate"] = not m.pop("outputs_match")
     f = rec.get("figures")
     if not f:
         return m
@@ -368,13 +387,14 @@ def _accuracy(cell: Cell, res: dict[str, Any], results_dir: str | None, build_di
         timeout=cell.timeout,
         progress=False,
         write_report=False,
+        engine_name=cell.engine,
     )
     figs = rep["figures"]
     res["accuracy_run_id"] = rep["run_id"]
     res["metrics"]["accuracy"] = round(100.0 * figs["device_top1"], 4)
     res["metrics"]["accuracy_samples"] = figs["samples"]
     res["metrics"]["agreement"] = figs["agreement"]
-    if figs["agreement"] < 1.0:
+    if figs["agreement"] < 1.0 and cell.engine == "native":
         res["metrics"]["outputs_match"] = False
         n = len(figs.get("disagreements", []))
         raise OutputsDiffer(f"the device's outputs differ from the host reference on {n} of {figs['samples']} samples")
@@ -493,6 +513,35 @@ def _progress_line(n: int, total: int, res: dict[str, Any]) -> str:
     return f"[{n}/{total}] {res['cell']}: FAILED: {res.get('reason')}"
 
 
+# --- the native / tflm-cmsis ratio ---------------------------------------------------------------------
+
+RATIO = "native_tflm_cmsis_ratio"
+
+
+def ratio_cells(cells: list[dict[str, Any]], run_id: str, matrix: str) -> list[dict[str, Any]]:
+    """Where a board, model and opt ran with both the native and the tflm-cmsis engine: a cell of its own
+    holding native's count over tflm-cmsis's, so our lead over CMSIS-NN is judged and plotted every night."""
+    by: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for c in cells:
+        by.setdefault((c["board"], c["model"], c["opt"]), {})[c.get("engine", "native")] = c
+    out = []
+    for (board, model, opt), engines in by.items():
+        nat, tf = engines.get("native"), engines.get("tflm-cmsis")
+        if not nat or not tf or nat["status"] != "ok" or tf["status"] != "ok":
+            continue
+        nm, tm = nat["metrics"], tf["metrics"]
+        unit = next((u for u in ("instructions", "cycles") if u in nm and u in tm), None)
+        if unit is None or nm.get("count_source") != tm.get("count_source") or not tm[unit]:
+            continue
+        key = tf["cell"].replace(":tflm-cmsis", ":native/tflm-cmsis", 1)
+        out.append({
+            "nightly_run": run_id, "matrix": matrix, "cell": key, "board": board, "model": model, "opt": opt,
+            "target": nat.get("target"), "dataset": None, "engine": "native/tflm-cmsis", "status": "ok",
+            "metrics": {RATIO: round(nm[unit] / tm[unit], 6), "count_source": nm.get("count_source")},
+        })  # fmt: skip
+    return out
+
+
 # --- verdicts ------------------------------------------------------------------------------------------
 
 OK, IMPROVED, REGRESSION, FAILED, NEW, XFAIL = "ok", "improved", "regression", "failed", "new", "xfail"
@@ -515,6 +564,8 @@ def compare_cell(
     m = cur.get("metrics", {})
     if m.get("outputs_match") is False:
         return {"status": FAILED, "checks": [], "notes": ["outputs differ from the reference"]}
+    if m.get("outputs_deviate"):
+        notes.append(f"{m.get('engine')}: outputs deviate from the TFLite interpreter (a finding about that engine)")
     if expect_failure:
         notes.append(f"expected to fail with {expect_failure} but ran: update the matrix")
     if not base or base.get("status") != "ok":
@@ -527,6 +578,7 @@ def compare_cell(
         ("peak_sram_bytes", "bytes", th.peak_sram_bytes_hardware if hardware else th.peak_sram_bytes),
         ("flash_bytes", "bytes", th.flash_bytes),
         ("accuracy", "points", th.accuracy_points),
+        (RATIO, "pct", th.ratio_pct),
     ):
         if metric not in m and metric not in b:
             continue
@@ -708,6 +760,10 @@ def run_nightly(
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     cells = run_cells(matrix.cells, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say)
+    for r in ratio_cells(cells, run_id, matrix.name):
+        results.append(CELLS_KIND, r, rdir)
+        say(f"{r['cell']}: native runs in {r['metrics'][RATIO]:.3f} x tflm-cmsis's count")
+        cells.append(r)
     seconds = round(time.monotonic() - t0, 2)
     judged = judge(cells, base, matrix)
     code = exit_code(judged)

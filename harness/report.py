@@ -31,8 +31,10 @@ STATUS_COLOUR = {  # table cell backgrounds in the HTML page
     "new": "#f2f2f2",
     "xfail": "#e8e8e8",
 }
-TREND_METRICS = ("instructions", "cycles", "peak_sram_bytes", "flash_bytes", "accuracy")
+RATIO = "native_tflm_cmsis_ratio"  # harness.nightly.RATIO (no import back into nightly)
+TREND_METRICS = ("instructions", "cycles", "peak_sram_bytes", "flash_bytes", "accuracy", RATIO)
 METRIC_LABEL = {
+    RATIO: "native / TFLM+CMSIS-NN count (lower: a wider lead)",
     "instructions": "QEMU instructions (median; not cycles)",
     "cycles": "DWT cycles (median)",
     "peak_sram_bytes": "peak SRAM (bytes)",
@@ -50,6 +52,8 @@ def fmt_value(metric: str, v: float | None) -> str:
         return "-"
     if metric == "accuracy":
         return f"{v:.2f} %"
+    if metric == RATIO:
+        return f"{v:.3f} x"
     return f"{int(v):,}"
 
 
@@ -58,7 +62,7 @@ def fmt_delta(check: dict[str, Any]) -> str:
     d, pct, metric = check["delta"], check["delta_pct"], check["metric"]
     if metric == "accuracy":
         return f"{d:+.2f} pt"
-    if metric in ("instructions", "cycles"):
+    if metric in ("instructions", "cycles", RATIO):
         return f"{pct:+.3f} %"
     if d == 0:
         return "±0 B"
@@ -132,7 +136,7 @@ def markdown(run: dict[str, Any]) -> str:
     lines += ["| cell | verdict | instructions/cycles | peak SRAM | flash | accuracy |", "|---|---|---|---|---|---|"]
     for c in cells:
         m, chk = c.get("metrics", {}), {x["metric"]: x for x in c["verdict"]["checks"]}
-        cm = "instructions" if "instructions" in m else "cycles"
+        cm = next((k for k in ("instructions", RATIO) if k in m), "cycles")
         lines.append(
             f"| `{c['cell']}` | {c['verdict']['status']} | {check_text(cm, m, chk)} | "
             f"{check_text('peak_sram_bytes', m, chk)} | {check_text('flash_bytes', m, chk)} | "
@@ -368,7 +372,7 @@ def html_page(run: dict[str, Any], plots: dict[str, Path]) -> str:
     for c in cells:
         v = c["verdict"]
         m, chk = c.get("metrics", {}), {x["metric"]: x for x in v["checks"]}
-        cm = "instructions" if "instructions" in m else "cycles"
+        cm = next((k for k in ("instructions", RATIO) if k in m), "cycles")
         tds = [f"<td class=l>{e(c['cell'])}</td>", f"<td class='l {v['status']}'>{e(v['status'])}</td>"]
         for metric in (cm, "peak_sram_bytes", "flash_bytes", "accuracy"):
             cls = ""

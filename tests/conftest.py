@@ -68,6 +68,21 @@ def shared_model_path(request) -> Path:
     return shared_model(request.param)
 
 
+THIRD_PARTY = Path(os.environ.get("HARNESS_THIRD_PARTY", REPO.parent / "shared" / "third_party"))
+
+
+@pytest.fixture
+def tflm_sources(monkeypatch) -> Path:
+    """HARNESS_TFLM_ROOT pointed at ../shared/third_party (TFLite Micro, CMSIS-NN and their dependencies at
+    the pinned commits), or a skip that says why it is absent. The compiled library is cached in the user's
+    cache (~/.cache/harness), so a whole test run builds each variant once."""
+    if not (THIRD_PARTY / "tflite-micro").is_dir():
+        skip_external(f"TFLite Micro sources {THIRD_PARTY} are absent (../shared/third_party is only present in CI)")
+    require_tools("arm-none-eabi-g++", "qemu-system-arm")
+    monkeypatch.setenv("HARNESS_TFLM_ROOT", str(THIRD_PARTY))
+    return THIRD_PARTY
+
+
 def require_tools(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     if missing:

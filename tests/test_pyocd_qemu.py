@@ -93,7 +93,7 @@ def test_a_generated_model_through_the_pyocd_target_on_an_emulated_stm32(monkeyp
     try:
         engine = bench.prepare(board, graph, target="auto", build_dir=str(tmp_path))
         assert engine.target_kind == "pyocd" and UID in engine.target_desc and not engine.build.qemu
-        xs = bench.random_inputs(engine.codegen.inputs, 2, seed=3)
+        xs = bench.random_inputs(engine.spec.inputs, 2, seed=3)
         with engine.open(timeout=20) as runner:
             assert runner.hello.counter_source == "dwt" and runner.hello.clock_hz == board.clock_hz
             assert runner.hello.build_id == engine.build.build_id

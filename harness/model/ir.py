@@ -138,6 +138,8 @@ class Graph:
     inputs: list[int]
     outputs: list[int]
     description: str = ""
+    # The .tflite bytes this graph was read from, untouched (an engine that runs flatbuffers runs these).
+    source: bytes | None = field(default=None, repr=False, compare=False)
 
     def tensor(self, index: int) -> Tensor:
         return self.tensors[index]

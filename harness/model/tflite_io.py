@@ -117,7 +117,9 @@ def _read(data: bytes, label: str) -> Graph:
     inputs = [int(v) for v in sg.InputsAsNumpy()] if sg.InputsLength() else []
     outputs = [int(v) for v in sg.OutputsAsNumpy()] if sg.OutputsLength() else []
     desc = model.Description()
-    graph = Graph(label, tensors, ops, inputs, outputs, description=desc.decode(errors="replace") if desc else "")
+    graph = Graph(
+        label, tensors, ops, inputs, outputs, description=desc.decode(errors="replace") if desc else "", source=data
+    )
     graph.validate()
     _check_supported(graph, label)
     return graph
