@@ -83,10 +83,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             title_justify="left",
             box=box.SIMPLE_HEAD,
             pad_edge=False,
+            collapse_padding=True,
         )
-        cols = ("engine", unit, "x 1st", "arena", "stack", "SRAM", "code", "model", "= TFLite")
+        cols = ("engine", "count", "x 1st", "arena", "stack", "SRAM", "code", "model", "= TFLite")
         for col in cols:
-            t.add_column(col, justify="left" if col in ("engine", "= TFLite") else "right")
+            t.add_column(col, justify="left" if col in ("engine", "= TFLite") else "right", no_wrap=True)
         for r in report["rows"]:
             if r["status"] != "ok":
                 t.add_row(r["engine"], "-", "-", "-", "-", "-", "-", "-", "FAILED")
@@ -98,17 +99,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             )  # fmt: skip
         console.print(t)
         console.print(
-            f"KiB but stack (B); SRAM = arena + stack + static RAM; model = the .tflite (TFLM) or the emitted "
-            f"weights (native). Outputs checked against the {report['expected_from']}; {report['inputs']} "
-            f"input(s), seed {report['seed']}, {report['opt']}.",
+            f"count: {unit}; x 1st: to the first engine; sizes in KiB, stack in B; SRAM = arena + stack + static "
+            f"RAM; model = the .tflite (TFLM) or the emitted weights (native). Outputs checked against the "
+            f"{report['expected_from']}; {report['inputs']} input(s), seed {report['seed']}, {report['opt']}.",
             highlight=False,
         )
         for r in report["rows"]:
             if r["status"] != "ok":
                 console.print(f"{r['engine']} failed: {r['reason']}", highlight=False)
-            elif r.get("deviation"):
-                console.print(f"{r['engine']} deviates: {r['deviation']}", highlight=False)
-            if r.get("arena_used_bytes") not in (None, r.get("arena_bytes")):
+            used = r.get("arena_used_bytes")
+            if used is not None and r["arena_bytes"] > (used + 15) // 16 * 16:  # more than alignment
                 console.print(
                     f"{r['engine']}: TFLM reports arena_used_bytes() {r['arena_used_bytes']:,} B; AllocateTensors "
                     f"needs {r['arena_bytes']:,} B (its planner's scratch is not counted)",

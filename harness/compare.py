@@ -67,7 +67,14 @@ def run_compare(
     from harness.zoo import resolve_model
 
     graph, label = resolve_model(opts.model)
-    oracle = interpreter_oracle(graph, say)
+    said: set[str] = set()
+
+    def say_once(msg: str) -> None:  # each engine's bench says the same things (the QEMU fallback, ...)
+        if msg not in said:
+            said.add(msg)
+            say(msg)
+
+    oracle = interpreter_oracle(graph, say_once)
     compare_id = results.new_run_id()
     rows: list[dict[str, Any]] = []
     unit = None
@@ -81,10 +88,10 @@ def run_compare(
         )  # fmt: skip
         row: dict[str, Any] = {"engine": name, "status": "failed"}
         try:
-            r = run_bench(bench, say=say, oracle=oracle)
+            r = run_bench(bench, say=say_once, oracle=oracle)
         except HarnessError as e:
             row["reason"] = f"{type(e).__name__}: {e}"
-            say(f"{name}: {e}")
+            say_once(f"{name}: {e}")
             rows.append(row)
             continue
         f = r["figures"]

@@ -3,11 +3,12 @@ errors a user meets before anything runs (unknown engine, sources absent, an op 
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pytest
-from conftest import THIRD_PARTY, shared_model, skip_external
+from conftest import THIRD_PARTY, require_tools, shared_model, skip_external
 
 from harness import engines
 from harness.bench import BenchOptions, run_bench
@@ -102,3 +103,44 @@ def test_library_sources_share_the_core_and_drop_float_kernels(tmp_path):
     assert "arm_convolve_s8.c" in names_c and not any(n.endswith(("_f16.c", "_f32.c")) for n in names_c)
     assert not any("cmsis" in str(p) for p in kernels_r)
     assert {p.name for p in core_c}.isdisjoint({"debug_log.cc", "test_helpers.cc", "system_setup.cc"})
+
+
+def _repo(path, files: dict[str, str]) -> str:
+    """A real git repository with `files` committed; returns its commit."""
+    import subprocess
+
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_fetch_clones_the_pinned_commits_and_patches_flatbuffers(tmp_path, monkeypatch, capsys):
+    """`harness engines fetch tflm` with real git, from local repositories standing in for the public ones
+    (these machines have no network): each tree at its pinned commit, TFLM's flatbuffers patch applied."""
+    require_tools("git")
+    patch = "--- a/include/flatbuffers/base.h\n+++ b/include/flatbuffers/base.h\n@@ -1 +1 @@\n-upstream\n+patched\n"
+    pinned = {}
+    for name in tflm.TREES:
+        files = {"README": name}
+        if name == "tflite-micro":
+            files["tensorflow/lite/micro/tools/make/flatbuffers.patch"] = patch
+        if name == "flatbuffers":
+            files["include/flatbuffers/base.h"] = "upstream\n"
+        pinned[name] = (str(tmp_path / "remote" / name), _repo(tmp_path / "remote" / name, files))
+    monkeypatch.setattr(tflm, "PINNED", pinned)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HARNESS_TFLM_ROOT", raising=False)
+    assert main(["engines", "fetch", "tflm"]) == 0
+    root = tmp_path / "cache" / "harness" / "tflm-src"
+    assert (root / "flatbuffers" / "include/flatbuffers/base.h").read_text() == "patched\n"
+    assert tflm.sources_root() == root and "TFLite Micro sources ready" in capsys.readouterr().out
+    assert main(["engines", "fetch", "tflm"]) == 0 and "already at" in capsys.readouterr().out
+    assert main(["engines", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["available"] for r in rows] == [True, True, True]

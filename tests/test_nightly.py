@@ -91,6 +91,9 @@ def test_the_default_matrix_parses(tmp_path):
     assert boards == {"nucleo-f412", "nucleo-f746"}
     assert all(c.target == "qemu" for c in m.cells)
     assert any(c.dataset == "digits" for c in m.cells)
+    tflm = [c for c in m.cells if c.engine == "tflm-cmsis"]
+    # each TFLM cell has its native twin, so the nightly can track the ratio
+    assert tflm and all(any(n.key == c.key.removesuffix(":tflm-cmsis") for n in m.cells) for c in tflm)
 
 
 def test_invalid_matrix_exits_2(tmp_path, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import shared_model
 
-from harness import results
+from harness import results, zoo
 from harness.bench import BenchOptions, prepare, run_bench
 from harness.boards import get_board
 from harness.cli import main
@@ -53,11 +53,11 @@ def test_kws_end_to_end(board, engine, tflm_sources, builds, tmp_path):
 def test_library_is_built_once_and_reused(tflm_sources, builds):
     said: list[str] = []
     board = get_board("nucleo-f746")
-    lib, key = tflm.library(board, "-O2", "tflm-cmsis".removeprefix("tflm-"), said.append)
+    lib, key = tflm.library(board, "-O2", "cmsis", said.append)
     again, key2 = tflm.library(board, "-O2", "cmsis", said.append)
     assert (lib, key) == (again, key2) and lib.is_file()
     mtime = lib.stat().st_mtime_ns
-    prepare(board, __import__("harness.zoo", fromlist=["build"]).build("digits_cnn"), "qemu",
+    prepare(board, zoo.build("digits_cnn"), "qemu",
             build_dir=str(builds), say=said.append, engine="tflm-cmsis")  # fmt: skip
     assert lib.stat().st_mtime_ns == mtime and not any("building the TFLM library" in s for s in said)
 
@@ -84,29 +84,24 @@ def test_ad01_deviates_from_the_interpreter_and_it_is_reported(tflm_sources, bui
     }
 
 
-def test_compare_cli_table_json_and_csv(tflm_sources, builds, tmp_path, capsys):
+def test_compare_cli_table_json_and_csv(tflm_sources, builds, tmp_path, capsys, monkeypatch):
     args = ["compare", "--board", "nucleo-f412", "--model", str(shared_model("kws")),
             "--engines", "native,tflm-cmsis,tflm-ref", "--results", str(tmp_path)]  # fmt: skip
-    import os
-
-    os.environ["HARNESS_BUILD_DIR"] = str(builds)
-    try:
-        assert main([*args, "--json"]) == 0
-        rep = json.loads(capsys.readouterr().out)
-        assert [r["engine"] for r in rep["rows"]] == ["native", "tflm-cmsis", "tflm-ref"]
-        assert all(r["outputs_match"] for r in rep["rows"]) and rep["count_unit"] == "instructions"
-        ref = rep["rows"][2]
-        assert ref["ratio"] > rep["rows"][1]["ratio"] > 0  # the reference kernels are the slowest
-        assert main([*args, "--csv"]) == 0
-        text = capsys.readouterr().out.splitlines()
-        assert text[0].startswith("board,model,count_unit,engine,count,ratio,")
-        assert [line.split(",")[3] for line in text[1:]] == ["native", "tflm-cmsis", "tflm-ref"]
-        assert main(args) == 0
-        out = capsys.readouterr().out
-        assert "instructions (QEMU: not cycles)" in out and "= TFLite" in out and "tflm-ref" in out
-        assert "DIFFER" not in out and max(len(line) for line in out.splitlines()) <= 80
-    finally:
-        del os.environ["HARNESS_BUILD_DIR"]
+    monkeypatch.setenv("HARNESS_BUILD_DIR", str(builds))
+    assert main([*args, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [r["engine"] for r in rep["rows"]] == ["native", "tflm-cmsis", "tflm-ref"]
+    assert all(r["outputs_match"] for r in rep["rows"]) and rep["count_unit"] == "instructions"
+    ref = rep["rows"][2]
+    assert ref["ratio"] > rep["rows"][1]["ratio"] > 0  # the reference kernels are the slowest
+    assert main([*args, "--csv"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].startswith("board,model,count_unit,engine,count,ratio,")
+    assert [line.split(",")[3] for line in text[1:]] == ["native", "tflm-cmsis", "tflm-ref"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "instructions (QEMU: not cycles)" in out and "= TFLite" in out and "tflm-ref" in out
+    assert "DIFFER" not in out and max(len(line) for line in out.splitlines()) <= 80
 
 
 def test_an_arena_too_small_is_the_engines_own_words(tflm_sources, tmp_path):
@@ -166,7 +161,7 @@ def test_nightly_tracks_the_native_over_tflm_cmsis_ratio(tflm_sources, builds, t
 
 def test_tflm_counts_repeat_exactly(tflm_sources, builds):
     board = get_board("nucleo-f746")
-    engine = prepare(board, __import__("harness.zoo", fromlist=["build"]).build("mlperf_kws"), "qemu",
+    engine = prepare(board, zoo.build("mlperf_kws"), "qemu",
                      build_dir=str(builds), engine="tflm-ref")  # fmt: skip
     x = [np.zeros(tuple(s.shape), np.int8) for s in engine.spec.inputs]
     with engine.open(60) as runner:

@@ -22,6 +22,15 @@ extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, __stack_end__;
 extern void (*__init_array_start[])(void), (*__init_array_end[])(void);
 int main(void);
 
+/* Static constructors of a C++ engine, after the FPU is on. A function of its own, so that reset_handler's
+ * frame (under every other frame: it counts in each firmware's peak stack) stays as small as before. */
+__attribute__((noinline)) static void run_constructors(void)
+{
+    for (void (**ctor)(void) = __init_array_start; ctor < __init_array_end; ctor++) {
+        (*ctor)();
+    }
+}
+
 void reset_handler(void)
 {
     memcpy(&_sdata, &_sidata, (uint32_t)((char *)&_edata - (char *)&_sdata));
@@ -31,9 +40,7 @@ void reset_handler(void)
     __asm__ volatile("dsb\n isb" ::: "memory");
 #endif
     SCB_SHCSR |= (7u << 16); /* MemManage, BusFault, UsageFault as their own handlers: a precise report */
-    for (void (**ctor)(void) = __init_array_start; ctor < __init_array_end; ctor++) {
-        (*ctor)(); /* static constructors of a C++ engine, after the FPU is on */
-    }
+    run_constructors();
     main();
     board_exit(0);
 }

@@ -15,6 +15,7 @@ commits into the cache.
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import functools
 import hashlib
 import json
@@ -202,6 +203,16 @@ def library(board, opt: str, variant: str, say=lambda _m: None) -> tuple[Path, s
     lib = cache_home() / "tflm-lib" / f"{variant}-{board.core}-{opt.lstrip('-')}-{key}" / "libtflm.a"
     if lib.is_file():
         return lib, key
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel nightly cells may want the same library: one builds it, the others wait and reuse it.
+    with open(lib.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not lib.is_file():
+            _build_library(root, lib, board, opt, variant, cxx, cc, gcc, tree, say)
+    return lib, key
+
+
+def _build_library(root: Path, lib: Path, board, opt: str, variant: str, cxx, cc, gcc, tree: str, say) -> None:
     core, kernels = library_sources(root, variant)
     jobs = [(src, cxx_flags(board, opt, "core")) for src in core]
     jobs += [(src, cxx if src.suffix == ".cc" else cc) for src in kernels]
@@ -231,14 +242,12 @@ def library(board, opt: str, variant: str, say=lambda _m: None) -> tuple[Path, s
 
     with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
         list(pool.map(compile_one, todo))
-    lib.parent.mkdir(parents=True, exist_ok=True)
     tmp = lib.with_suffix(f".{os.getpid()}.tmp")
     members = [str(obj_path(s, f)) for s, f in jobs]
     proc = subprocess.run(["arm-none-eabi-ar", "rcs", str(tmp), *members], capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"archiving the TFLM library failed: {proc.stderr.strip()[-2000:]}")
     os.replace(tmp, lib)
-    return lib, key
 
 
 def registrations(graph) -> list[str]:
