@@ -199,7 +199,8 @@ def print_bench(r: dict[str, Any]) -> None:
         f"high water painted on device: {f['arena_high_water_bytes']:,} B"
         + ("" if used == f["arena_bytes"] else f"; TFLM arena_used_bytes() {used:,} B"),
     )
-    table.add_row("flash", _kib(f["flash_bytes"]), f"code+data {f['code_bytes']:,} + weights {f['weight_bytes']:,} B")
+    weights = "weights" if r.get("engine", "native") == "native" else "the .tflite"
+    table.add_row("flash", _kib(f["flash_bytes"]), f"code+data {f['code_bytes']:,} + {weights} {f['weight_bytes']:,} B")
     table.add_row(
         "fits the board",
         "yes" if f["fits"] else "NO",
@@ -209,7 +210,7 @@ def print_bench(r: dict[str, Any]) -> None:
         "outputs vs reference",
         "bit-exact" if r["outputs_match"] else "DIFFER",
         f"{r['inputs']} inputs x {r['repetitions']} repetitions"
-        + (f"; {r['output_deviations'][0]}" if r.get("output_deviations") else ""),
+        + (f"; {len(r['output_deviations'])} input(s) differ, said above" if r.get("output_deviations") else ""),
     )
     console.print(table)
     if r.get("layers"):

@@ -68,9 +68,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         inputs=args.inputs, repetitions=args.repetitions, opt=args.opt, seed=args.seed, timeout=args.timeout,
         results_dir=args.results,
     )  # fmt: skip
-    quiet = args.json or args.csv
-    with console.status("comparing", spinner="dots") if not quiet else _null():
+    if args.json or args.csv:  # stdout is the data: what is said goes to stderr
         report = run_compare(opts, say=lambda m: err_console.print(m, highlight=False))
+    else:  # said through the spinner's own console, so the two do not overprint each other
+        with console.status("comparing", spinner="dots") as status:
+            report = run_compare(
+                opts,
+                say=lambda m: console.print(m, highlight=False),
+                step=lambda what, *_a: status.update(f"comparing: {what}"),
+            )
     if args.json:
         _print_json(report)
     elif args.csv:
@@ -121,14 +127,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _k(n: int) -> str:
     return f"{n / 1024:,.1f}"
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def cmd_engines_list(args: argparse.Namespace) -> int:

@@ -88,7 +88,9 @@ def run_compare(
         )  # fmt: skip
         row: dict[str, Any] = {"engine": name, "status": "failed"}
         try:
-            r = run_bench(bench, say=say_once, oracle=oracle)
+            r = run_bench(
+                bench, say=say_once, step=lambda what, *_a, _n=name, **_k: step(f"{_n}: {what}"), oracle=oracle
+            )
         except HarnessError as e:
             row["reason"] = f"{type(e).__name__}: {e}"
             say_once(f"{name}: {e}")

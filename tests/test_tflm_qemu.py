@@ -108,15 +108,12 @@ def test_an_arena_too_small_is_the_engines_own_words(tflm_sources, tmp_path):
     """A firmware whose arena cannot hold the model: TFLM's AllocateTensors says so at boot, and the host
     shows that message with the sizes, at once, instead of waiting for a HELLO."""
     from harness.build import build_firmware
-    from harness.engines.native import IOSpec
     from harness.model import load_model
     from harness.targets.qemu import QemuTarget
 
     board = get_board("nucleo-f746")
     g = load_model(shared_model("kws"))
-    io = [
-        [IOSpec(t, "", 0, g.tensors[t].nbytes, g.tensors[t].shape, 1.0, 0) for t in ts] for ts in (g.inputs, g.outputs)
-    ]
+    io = tflm.io_specs(g, g.inputs), tflm.io_specs(g, g.outputs)
     tflm.write_model(tmp_path / "m", g, g.source, *io, 4096, g.macs())
     parts = tflm.engine_parts(board, "-O2", "cmsis", lambda _m: None)
     build = build_firmware(tmp_path / "m", board, qemu=True, cache_dir=tmp_path / "fw", engine=parts)

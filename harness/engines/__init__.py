@@ -96,7 +96,6 @@ def _native(board, interior, work: Path, *, build: bool, qemu: bool, opt: str, p
 def _tflm(name: str, board, graph, interior, work: Path, *, qemu: bool, opt: str, say, step):
     from harness.build import build_firmware
     from harness.engines import tflm
-    from harness.engines.native import IOSpec
     from harness.model import to_tflite_bytes
 
     variant = tflm.VARIANTS[name]
@@ -108,15 +107,7 @@ def _tflm(name: str, board, graph, interior, work: Path, *, qemu: bool, opt: str
         notes.append("TFLM runs the model's int8 interior (float boundary ops on the host), as written by harness")
     else:
         blob = graph.source if graph.source is not None else to_tflite_bytes(graph)
-    # offsets are TFLM's to choose at AllocateTensors: the device reports them in HELLO
-    inputs, outputs = (
-        [
-            IOSpec(t, x.name, 0, x.nbytes, tuple(x.shape), x.quant.s, x.quant.zp)
-            for t in ts
-            for x in [interior.tensors[t]]
-        ]
-        for ts in (interior.inputs, interior.outputs)
-    )
+    inputs, outputs = tflm.io_specs(interior, interior.inputs), tflm.io_specs(interior, interior.outputs)
     step("building the TFLM library")
     parts = tflm.engine_parts(board, opt, variant, say)
     macs = interior.macs()

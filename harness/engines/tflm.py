@@ -264,7 +264,19 @@ def registrations(graph) -> list[str]:
     return calls
 
 
-def _io_specs(specs) -> str:
+def io_specs(graph, tensors: list[int]) -> list:
+    """The int8 I/O as the host sees it. Offsets are TFLM's to choose in AllocateTensors: the device reports
+    them in HELLO, so they are 0 here."""
+    from harness.engines.native import IOSpec
+
+    specs = []
+    for t in tensors:
+        x = graph.tensors[t]
+        specs.append(IOSpec(t, x.name, 0, x.nbytes, tuple(x.shape), x.quant.s, x.quant.zp))
+    return specs
+
+
+def _c_io_table(specs) -> str:
     from harness.engines.native.emit import c_float
 
     rows = []
@@ -336,10 +348,10 @@ void model_failed(const char *why);
 #include "model.h"
 
 const model_tensor_t model_input_specs[MODEL_NUM_INPUTS] = {{
-{_io_specs(inputs)}
+{_c_io_table(inputs)}
 }};
 const model_tensor_t model_output_specs[MODEL_NUM_OUTPUTS] = {{
-{_io_specs(outputs)}
+{_c_io_table(outputs)}
 }};
 """)
     ops = " ".join(f"X({c})" for c in calls)
