@@ -53,7 +53,8 @@ def test_hostile_names_come_out_harmless(name, pool_params, tmp_path):
     main = tmp_path / "main.c"
     main.write_text('#include <stdio.h>\n#include "model.h"\nint main(void){fputs(MODEL_NAME, stdout);return 0;}\n')
     exe = tmp_path / "main"
-    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", f"-I{cg.out_dir}", str(main), "-o", str(exe)], check=True)
+    incs = [f"-I{d}" for d in cg.include_dirs]
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Werror", *incs, str(main), "-o", str(exe)], check=True)
     assert subprocess.run([str(exe)], capture_output=True, check=True).stdout == name.encode("utf-8")
     # And the whole engine still compiles with -Werror and runs.
     x = np.arange(32, dtype=np.int8).reshape(1, 4, 4, 2)

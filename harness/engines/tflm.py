@@ -304,6 +304,8 @@ def write_model(
 #ifndef MODEL_H
 #define MODEL_H
 #include <stdint.h>
+
+#include "model_abi.h"
 #ifdef __cplusplus
 extern "C" {{
 #endif
@@ -319,15 +321,6 @@ extern "C" {{
 #define MODEL_ARENA_USED model_arena_used()
 #define TFLM_SIZING {int(sizing)}
 #define MODEL_ARENA_NEEDED {"model_arena_needed()" if sizing else "MODEL_ARENA_BYTES"}
-
-typedef struct {{
-    uint32_t offset;
-    uint32_t bytes;
-    float scale;
-    int32_t zero_point;
-    uint8_t ndim;
-    int32_t dims[4];
-}} model_tensor_t;
 
 /* Filled in by model_init once TFLM has placed the tensors in the arena. */
 extern model_tensor_t model_inputs[MODEL_NUM_INPUTS];

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.engines.native import KERNEL_DIR, CodegenResult, generate
+from harness.engines.native.emit import RUNTIME_DIR
 from harness.errors import BuildError, HarnessError, TargetError
 from harness.model.ir import Graph
 
@@ -24,7 +25,8 @@ CFLAGS = ["-O2", "-shared", "-fPIC", "-std=c99", "-Wall", "-Wextra", "-Werror"]
 def _digest(cg: CodegenResult, cc: str, flags: list[str]) -> str:
     h = hashlib.sha256()
     h.update(" ".join([cc, *flags]).encode())
-    sources = sorted(cg.files) + sorted(KERNEL_DIR.glob("*.h")) + sorted(cg.kernel_sources)
+    headers = [*sorted(KERNEL_DIR.glob("*.h")), RUNTIME_DIR / "model_abi.h"]
+    sources = sorted(cg.files) + headers + sorted(cg.kernel_sources)
     for path in sources:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()

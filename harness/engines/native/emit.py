@@ -22,6 +22,7 @@ from harness.model.ir import Graph, Op, c_identifier, op_macs
 
 REPO = Path(__file__).resolve().parents[3]
 KERNEL_DIR = REPO / "firmware" / "kernels"
+RUNTIME_DIR = REPO / "firmware" / "runtime"  # model_abi.h
 
 # Which kernel source implements each op (build.py compiles only the ones a model needs).
 KERNEL_FILES: dict[str, str] = {
@@ -76,7 +77,7 @@ class CodegenResult:
     out_dir: Path
     files: list[Path]  # what was written (model.h, model.c)
     kernel_sources: list[Path]  # the kernel .c files this model needs
-    include_dirs: list[Path]  # the generated dir and the kernel dir
+    include_dirs: list[Path]  # the generated dir, the kernel dir and the runtime's (model_abi.h)
     arena_bytes: int
     plan: MemoryPlan
     inputs: list[IOSpec]
@@ -549,7 +550,7 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False) -> Codegen
         out_dir=out_dir,
         files=files,
         kernel_sources=[KERNEL_DIR / f for f in sorted(kernels)],
-        include_dirs=[out_dir, KERNEL_DIR],
+        include_dirs=[out_dir, KERNEL_DIR, RUNTIME_DIR],
         arena_bytes=plan.arena_bytes,
         plan=plan,
         inputs=inputs,
@@ -570,6 +571,8 @@ def _model_h(graph: Graph, ident: str, plan: MemoryPlan, inputs, outputs, macs: 
 
 #include <stdint.h>
 
+#include "model_abi.h"
+
 #define MODEL_NAME        {c_string(graph.name)}
 #define MODEL_ARENA_BYTES {plan.arena_bytes}u
 #define MODEL_NUM_INPUTS  {len(inputs)}
@@ -578,14 +581,6 @@ def _model_h(graph: Graph, ident: str, plan: MemoryPlan, inputs, outputs, macs: 
 #define MODEL_MACS        {macs}u
 #define MODEL_INPUT_BYTES {sum(s.bytes for s in inputs)}u  /* all inputs together: sizes the runtime's copy */
 
-typedef struct {{
-    uint32_t offset;      /* byte offset of the tensor in the arena */
-    uint32_t bytes;       /* int8 elements */
-    float scale;          /* quantization of the int8 tensor */
-    int32_t zero_point;
-    uint8_t ndim;
-    int32_t dims[4];
-}} model_tensor_t;
 
 extern const model_tensor_t model_inputs[MODEL_NUM_INPUTS];
 extern const model_tensor_t model_outputs[MODEL_NUM_OUTPUTS];
