@@ -65,8 +65,11 @@ class QemuBoard:
 
 
 @pytest.mark.qemu
-def test_a_generated_model_through_the_pyocd_target_on_an_emulated_stm32(monkeypatch, tmp_path):
+@pytest.mark.parametrize("engine_name", ["native", "tflm-cmsis"])
+def test_a_generated_model_through_the_pyocd_target_on_an_emulated_stm32(engine_name, monkeypatch, tmp_path, request):
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    if engine_name != "native":  # TFLM's sources (../shared/third_party), or a skip saying they are absent
+        request.getfixturevalue("tflm_sources")
     from harness.zoo import resolve_model
 
     qemu = QemuBoard()
@@ -91,7 +94,7 @@ def test_a_generated_model_through_the_pyocd_target_on_an_emulated_stm32(monkeyp
     fake.session.close = lambda: (fake.log.append("close"), qemu.close())
     graph, _ = resolve_model("digits_cnn")
     try:
-        engine = bench.prepare(board, graph, target="auto", build_dir=str(tmp_path))
+        engine = bench.prepare(board, graph, target="auto", build_dir=str(tmp_path), engine=engine_name)
         assert engine.target_kind == "pyocd" and UID in engine.target_desc and not engine.build.qemu
         xs = bench.random_inputs(engine.spec.inputs, 2, seed=3)
         with engine.open(timeout=20) as runner:

@@ -165,3 +165,15 @@ def test_tflm_counts_repeat_exactly(tflm_sources, builds):
         _, a = runner.run(x, repetitions=3)
         _, b = runner.run(x, repetitions=2)
     assert len(set(a.counts + b.counts)) == 1
+
+
+def test_a_model_too_big_for_the_machine_does_not_fit(tflm_sources, builds, tmp_path):
+    """netduinoplus2 (128 KB of SRAM) cannot hold mcunet_vww's 150 KB TFLM arena: the sizing run says so as a
+    DoesNotFitError with TFLM's own words, and the failure is recorded."""
+    from harness.errors import DoesNotFitError
+
+    with pytest.raises(DoesNotFitError, match=r"TFLM cannot allocate mcunet_vww1 in the [\d,]+ B .*AllocateTensors"):
+        run_bench(BenchOptions("netduinoplus2", "mcunet_vww", engine="tflm-cmsis", results_dir=str(tmp_path),
+                               build_dir=str(builds)))  # fmt: skip
+    (stored,) = list(results.read("bench", tmp_path))
+    assert stored["status"] == "failed" and "DoesNotFitError" in stored["reason"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from harness import ROOT
 from harness.build import GCC, GXX, STACK_RESERVE, EngineParts, build_firmware, cpu_flags
-from harness.errors import BuildError, HarnessError, UnsupportedModelError
+from harness.errors import BuildError, DoesNotFitError, HarnessError, UnsupportedModelError
 
 FIRMWARE_TFLM = ROOT / "firmware" / "tflm"
 TREES = ("tflite-micro", "cmsis-nn", "flatbuffers", "gemmlowp", "ruy")
@@ -377,18 +377,27 @@ def size_arena(work: Path, board, graph, tflite: bytes, inputs, outputs, macs: i
     that build."""
     from dataclasses import replace
 
+    from harness.protocol import EngineFailed
     from harness.targets.qemu import QemuTarget
 
     machine = board.qemu_machine
     big = replace(board, ram_bytes=machine.ram_bytes, flash_bytes=machine.flash_bytes)
-    arena = (machine.ram_bytes - STACK_RESERVE - 256 * 1024) // 16 * 16
+    # all the machine's RAM but the stack reserve, the input copy and 64 KiB for the firmware's static data
+    arena = (machine.ram_bytes - STACK_RESERVE - input_bytes - 64 * 1024) // 16 * 16
+    if arena < 4096:
+        raise DoesNotFitError(f"{machine.name} has too little RAM ({machine.ram_bytes:,} B) to size a TFLM arena in")
     write_model(work / "sizing", graph, tflite, inputs, outputs, arena, macs, sizing=True)
     build = build_firmware(work / "sizing", big, qemu=True, opt=opt, cache_dir=work / "fw",
                            input_bytes=input_bytes, engine=parts)  # fmt: skip
     memo = build.elf.parent / "arena.json"
     if not memo.is_file():
-        with QemuTarget(big).open(build, timeout=120) as session:
-            hello = session.hello
+        try:
+            with QemuTarget(big).open(build, timeout=120) as session:
+                hello = session.hello
+        except EngineFailed as e:
+            raise DoesNotFitError(
+                f"TFLM cannot allocate {graph.name} in the {arena:,} B its sizing run on {machine.name} offers: {e}"
+            ) from e
         memo.write_text(json.dumps({"needed": hello.arena_bytes, "used": hello.arena_used}))
     sized = json.loads(memo.read_text())
     return int(sized["needed"]), int(sized["used"])
