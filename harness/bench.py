@@ -212,6 +212,7 @@ def run_bench(
         "board": board.name,
         "model": label,
         "target": opts.target,
+        "engine": opts.engine,
         "options": {k: v for k, v in asdict(opts).items() if k not in ("results_dir", "build_dir", "record")},
         "status": "failed",
     }
@@ -244,7 +245,6 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
             else f"the {opts.engine} engine has no layer stamps"
         )
         say(f"--layers: {why}, so there are no per-layer figures")
-    record["engine"] = opts.engine
     if engine.spec.notes:
         record["engine_notes"] = engine.spec.notes
     record["model_sha256"] = engine.digest
