@@ -565,7 +565,8 @@ def compare_cell(
     if m.get("outputs_match") is False:
         return {"status": FAILED, "checks": [], "notes": ["outputs differ from the reference"]}
     if m.get("outputs_deviate"):
-        notes.append(f"{m.get('engine')}: outputs deviate from the TFLite interpreter (a finding about that engine)")
+        engine = m.get("engine")
+        notes.append(f"{engine}: outputs deviate from the reference, bit-exact with TFLite (a finding about {engine})")
     if expect_failure:
         notes.append(f"expected to fail with {expect_failure} but ran: update the matrix")
     if not base or base.get("status") != "ok":

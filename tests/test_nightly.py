@@ -288,3 +288,28 @@ def test_count_resolution_is_the_qemu_tick():
     rec = {"board": "nucleo-f412", "figures": {"count_source": "qemu-icount"}}
     assert nightly.count_resolution(rec) == 40.0
     assert nightly.count_resolution({"board": "nucleo-f412", "figures": {"count_source": "dwt"}}) == 1.0
+
+
+def test_ratio_cells_pair_native_with_tflm_cmsis_and_judge_the_ratio():
+    from harness.nightly import RATIO, Thresholds, compare_cell, ratio_cells
+
+    def cell(engine, count, status="ok", model="m"):
+        key = f"b:{model}" + ("" if engine == "native" else f":{engine}")
+        metrics = {"instructions": count, "count_source": "qemu-icount", "outputs_match": True}
+        if engine != "native":
+            metrics = {**metrics, "engine": engine, "outputs_deviate": True}
+            del metrics["outputs_match"]
+        return {"cell": key, "board": "b", "model": model, "opt": "-O2", "engine": engine, "status": status,
+                "metrics": metrics}  # fmt: skip
+
+    cells = [cell("native", 900), cell("tflm-cmsis", 1000), cell("tflm-ref", 5000),
+             cell("native", 10, model="x"), cell("tflm-cmsis", 20, "failed", model="x")]  # fmt: skip
+    (r,) = ratio_cells(cells, "run", "mx")  # the failed pair has no ratio
+    assert r["cell"] == "b:m:native/tflm-cmsis" and r["metrics"][RATIO] == 0.9 and r["status"] == "ok"
+    th = Thresholds()
+    worse = {**r, "metrics": {**r["metrics"], RATIO: 0.9 * 1.002}}
+    assert compare_cell(worse, r, th)["status"] == "regression"
+    assert compare_cell(r, r, th)["status"] == "ok"
+    # a TFLM cell's deviation is noted, never a failure
+    v = compare_cell(cells[1], cells[1], th)
+    assert v["status"] == "ok" and any("finding about tflm-cmsis" in n for n in v["notes"])
