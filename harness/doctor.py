@@ -14,11 +14,12 @@ from harness.errors import TargetError
 
 APT_GCC = "sudo apt install gcc-arm-none-eabi libnewlib-arm-none-eabi"
 APT_QEMU = "sudo apt install qemu-system-arm"
+APT_CXX = "sudo apt install libstdc++-arm-none-eabi-newlib"
 
 
 @dataclass
 class Check:
-    area: str  # toolchain | qemu | pyocd | target | probe | serial
+    area: str  # toolchain | tflm | qemu | pyocd | target | probe | serial
     name: str
     ok: bool
     detail: str
@@ -49,6 +50,30 @@ def check_toolchain() -> list[Check]:
     has = path is not None and path.is_absolute() and path.is_file()
     where = str(path.resolve()) if has else "libc_nano.a not found"
     checks.append(Check("toolchain", "newlib (nano)", has, where, APT_GCC))
+    return checks
+
+
+def check_tflm() -> list[Check]:
+    """What the TFLM engines need beyond the native one: C++ for the cross compiler, and TFLM's sources.
+    Optional: the native engine runs without them."""
+    from harness.engines import tflm
+    from harness.errors import HarnessError
+
+    cxx = shutil.which("arm-none-eabi-g++") is not None
+    if cxx:
+        p = subprocess.run(["arm-none-eabi-g++", "-x", "c++", "-fsyntax-only", "-"], input="#include <new>\n",
+                           capture_output=True, text=True, timeout=20)  # fmt: skip
+        cxx = p.returncode == 0
+    checks = [
+        Check("tflm", "arm-none-eabi-g++ with libstdc++", cxx,
+              "C++ headers and libraries found" if cxx else "C++ for the cross compiler not found (TFLM engines)",
+              APT_CXX, required=False),
+    ]  # fmt: skip
+    try:
+        root, ok = f"at {tflm.sources_root()}", True
+    except HarnessError:
+        root, ok = "absent (tflm-cmsis, tflm-ref need them)", False
+    checks.append(Check("tflm", "TFLite Micro sources", ok, root, "harness engines fetch tflm", required=False))
     return checks
 
 
@@ -161,7 +186,7 @@ def check_serial() -> list[Check]:
 
 
 def run_doctor() -> list[Check]:
-    return check_toolchain() + check_qemu() + check_pyocd() + check_probes() + check_serial()
+    return check_toolchain() + check_tflm() + check_qemu() + check_pyocd() + check_probes() + check_serial()
 
 
 def healthy(checks: list[Check]) -> bool:

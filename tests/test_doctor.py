@@ -21,6 +21,9 @@ def test_doctor_on_this_machine(capsys):
     assert checks["arm-none-eabi-gcc"].ok and checks["newlib (nano)"].ok and checks["qemu-system-arm"].ok
     assert checks["machine netduinoplus2"].ok and checks["machine mps2-an500"].ok
     assert checks["pyOCD"].ok and checks["pyOCD"].detail.startswith("version ")
+    assert checks["arm-none-eabi-g++ with libstdc++"].ok  # make installs it
+    sources = checks["TFLite Micro sources"]
+    assert not sources.required and sources.fix == "harness engines fetch tflm"
     assert checks["nucleo-f412 (stm32f412xg)"].ok  # built into pyOCD
     f746 = checks["nucleo-f746 (stm32f746zgtx)"]
     if not f746.ok:  # no pack installed: the fix names the command, and the caveat about offline installs
