@@ -185,7 +185,7 @@ def prepare(
     tgt, desc = choose_target(board, target, say)
     kind = "host" if tgt is None else tgt.kind
     work = build_root(build_dir) / digest[:16]
-    profile = profile and tgt is not None and engine == "native"
+    profile = profile and tgt is not None
     spec, build = engines.prepare(
         engine, board, graph, interior, work, build=tgt is not None, qemu=kind == "qemu", opt=opt,
         profile=profile, say=say, step=step,
@@ -239,12 +239,7 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
         board, graph, opts.target, opts.opt, opts.build_dir, say, step, profile=opts.layers, engine=opts.engine
     )
     if opts.layers and not engine.profile:
-        why = (
-            "the host target counts nothing"
-            if engine.target is None
-            else f"the {opts.engine} engine has no layer stamps"
-        )
-        say(f"--layers: {why}, so there are no per-layer figures")
+        say("--layers: the host target counts nothing, so there are no per-layer figures")
     if engine.spec.notes:
         record["engine_notes"] = engine.spec.notes
     record["model_sha256"] = engine.digest

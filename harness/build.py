@@ -251,7 +251,8 @@ def build_firmware(
     (out / "board_config.h").write_text(config)
     (out / "link.ld").write_text(ld)
     includes = [out, FIRMWARE / "boards", FIRMWARE / "runtime", *engine.include_dirs, model_dir]
-    objects = [_compile_cxx(src, out, [*engine.cxx_flags, *[f"-I{d}" for d in includes]]) for src in cxx_sources]
+    cxx = [*engine.cxx_flags, *extra_cflags, *[f"-I{d}" for d in includes]]  # the build's defines reach C++ too
+    objects = [_compile_cxx(src, out, cxx) for src in cxx_sources]
     cmd = [GCC, *cflags, *[f"-I{d}" for d in includes], *map(str, sources), *map(str, objects)]
     cmd += ["-nostartfiles", "--specs=nano.specs", f"-T{out / 'link.ld'}", "-Wl,--gc-sections"]
     cmd += [f"-Wl,-Map={map_file}", "-o", str(elf)]

@@ -177,3 +177,22 @@ def test_a_model_too_big_for_the_machine_does_not_fit(tflm_sources, builds, tmp_
                                build_dir=str(builds)))  # fmt: skip
     (stored,) = list(results.read("bench", tmp_path))
     assert stored["status"] == "failed" and "DoesNotFitError" in stored["reason"]
+
+
+def test_tflm_per_layer_counts_tile_the_invoke(tflm_sources, builds, tmp_path):
+    """bench --layers with TFLM: a profiler stamps the counter at the end of each operator, so TFLM's
+    per-op cost sits beside the native engine's, layer for layer."""
+    from harness.model import load_model
+
+    opts = dict(inputs=1, repetitions=1, results_dir=str(tmp_path), build_dir=str(builds), engine="tflm-cmsis")
+    plain = run_bench(BenchOptions("nucleo-f746", str(shared_model("kws")), **opts))
+    r = run_bench(BenchOptions("nucleo-f746", str(shared_model("kws")), layers=True, **opts))
+    ops = load_model(shared_model("kws")).ops
+    layers = r["layers"]
+    assert [(x["index"], x["op"]) for x in layers] == [(k, op.kind) for k, op in enumerate(ops)]
+    assert all(x["count"] > 0 for x in layers if x["macs"]) and r["outputs_match"]
+    total = r["figures"]["count"]["median"]
+    counts = [x["count"] for x in layers]
+    assert 0 <= total - sum(counts) <= 120  # Invoke's own work before the first and after the last operator
+    extra = total - plain["figures"]["count"]["median"]  # what the profiler's calls cost
+    assert 0 < extra < 100 * len(layers) and "profiling build" in r["figures"]["count_note"]

@@ -12,11 +12,13 @@
 
 #include "model.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_profiler_interface.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "tflm_ops.h"
 
 extern "C" const unsigned char model_tflite[];
+extern "C" void harness_layer_end(uint32_t index); /* runtime/main.c, profiling builds */
 
 model_tensor_t model_inputs[MODEL_NUM_INPUTS];
 model_tensor_t model_outputs[MODEL_NUM_OUTPUTS];
@@ -30,6 +32,35 @@ alignas(Resolver) unsigned char resolver_mem[sizeof(Resolver)];
 alignas(tflite::MicroInterpreter) unsigned char interp_mem[sizeof(tflite::MicroInterpreter)];
 tflite::MicroInterpreter *interp;
 uint32_t arena_used, arena_needed;
+
+#if HARNESS_LAYER_PROFILE
+/* A profiling build (bench --layers): TFLM brackets each operator's Invoke with BeginEvent/EndEvent; the
+ * end of each outermost event stamps the runtime's counter for that layer, as the native engine's
+ * MODEL_LAYER_END does. Nested events (kernels' own) are not layers. */
+class LayerStamps : public tflite::MicroProfilerInterface {
+  public:
+    uint32_t BeginEvent(const char *) override
+    {
+        return depth_++;
+    }
+    void EndEvent(uint32_t) override
+    {
+        if (--depth_ == 0 && layer_ < MODEL_NUM_LAYERS) {
+            harness_layer_end(layer_++);
+        }
+    }
+    void start()
+    {
+        layer_ = 0;
+        depth_ = 0;
+    }
+
+  private:
+    uint32_t layer_ = 0, depth_ = 0;
+};
+alignas(LayerStamps) unsigned char stamps_mem[sizeof(LayerStamps)];
+LayerStamps *stamps;
+#endif
 
 /* What TFLM logged first (MicroPrintf), for the error the host shows when start-up or an inference fails;
  * emptied once start-up succeeds. */
@@ -86,7 +117,13 @@ extern "C" void abort(void)
 static bool allocate(const tflite::Model *model, int8_t *arena, uint32_t arena_bytes)
 {
     Resolver *resolver = reinterpret_cast<Resolver *>(resolver_mem);
+#if HARNESS_LAYER_PROFILE
+    stamps = new (stamps_mem) LayerStamps();
+    interp = new (interp_mem)
+        tflite::MicroInterpreter(model, *resolver, (uint8_t *)arena, arena_bytes, nullptr, stamps);
+#else
     interp = new (interp_mem) tflite::MicroInterpreter(model, *resolver, (uint8_t *)arena, arena_bytes);
+#endif
     return interp->AllocateTensors() == kTfLiteOk;
 }
 
@@ -178,6 +215,9 @@ extern "C" uint32_t model_arena_needed(void)
 extern "C" void model_run(int8_t *arena)
 {
     (void)arena;
+#if HARNESS_LAYER_PROFILE
+    stamps->start();
+#endif
     if (interp->Invoke() != kTfLiteOk) {
         model_failed(log_buf[0] ? log_buf : "Invoke failed");
     }

@@ -5,8 +5,8 @@
 - `tflm-cmsis` / `tflm-ref`: TensorFlow Lite Micro running the model's .tflite with CMSIS-NN's kernels or
   its reference kernels (harness.engines.tflm).
 
-`prepare` hands back an EngineSpec (the int8 I/O, the arena, the weights' flash, per-layer rows where the
-engine has them) and the firmware build. The bench, accuracy and nightly read only that; the runtime
+`prepare` hands back an EngineSpec (the int8 I/O, the arena, the weights' flash, the per-layer rows) and the
+firmware build. The bench, accuracy and nightly read only that; the runtime
 (protocol, counters, painting, fault reports) is shared by every engine.
 """
 
@@ -32,14 +32,10 @@ class EngineSpec:
     arena_bytes: int  # the arena the firmware holds: the native plan, or the least TFLM allocates in
     weight_bytes: int  # flash for the model's constants: emitted weights, or the whole .tflite
     macs: int
-    layers: list = field(default_factory=list)  # per-layer rows for profiling builds (native only)
+    layers: list = field(default_factory=list)  # per-layer rows (op, shape, MACs) for profiling builds
     host: Any = None  # the native engine's generated C, which the host target also builds
     notes: list[str] = field(default_factory=list)  # what the engine did to the model, said to the user
     arena_used: int | None = None  # TFLM's arena_used_bytes() (its planner's scratch is not counted in it)
-
-    @property
-    def has_layers(self) -> bool:
-        return bool(self.layers)
 
 
 def check(name: str) -> str:
@@ -72,7 +68,7 @@ def prepare(
         raise HarnessError(
             f"the {name} engine runs on a board or its QEMU fallback, not on the host target: use --target qemu"
         )
-    return _tflm(name, board, graph, interior, work, qemu=qemu, opt=opt, say=say, step=step)
+    return _tflm(name, board, graph, interior, work, qemu=qemu, opt=opt, profile=profile, say=say, step=step)
 
 
 def _native(board, interior, work: Path, *, build: bool, qemu: bool, opt: str, profile: bool, step):
@@ -93,9 +89,10 @@ def _native(board, interior, work: Path, *, build: bool, qemu: bool, opt: str, p
     return spec, result
 
 
-def _tflm(name: str, board, graph, interior, work: Path, *, qemu: bool, opt: str, say, step):
+def _tflm(name: str, board, graph, interior, work: Path, *, qemu: bool, opt: str, profile: bool, say, step):
     from harness.build import build_firmware
     from harness.engines import tflm
+    from harness.engines.native import analyse
     from harness.model import to_tflite_bytes
 
     variant = tflm.VARIANTS[name]
@@ -118,7 +115,8 @@ def _tflm(name: str, board, graph, interior, work: Path, *, qemu: bool, opt: str
     step("building firmware")
     result = build_firmware(
         work / name / "model", board, qemu=qemu, opt=opt, cache_dir=work / name / "fw", input_bytes=in_bytes,
-        engine=parts,
+        engine=parts, extra_cflags=("-DHARNESS_LAYER_PROFILE=1",) if profile else (),
     )  # fmt: skip
-    spec = EngineSpec(name, inputs, outputs, arena, len(blob), macs, notes=notes, arena_used=used)
+    layers = analyse(interior)[1]  # the graph's layers: TFLM runs one operator for each
+    spec = EngineSpec(name, inputs, outputs, arena, len(blob), macs, layers, notes=notes, arena_used=used)
     return spec, result

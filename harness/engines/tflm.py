@@ -313,7 +313,7 @@ extern "C" {{
 #define MODEL_ARENA_BYTES {arena_bytes}u
 #define MODEL_NUM_INPUTS {len(inputs)}
 #define MODEL_NUM_OUTPUTS {len(outputs)}
-#define MODEL_NUM_LAYERS 0
+#define MODEL_NUM_LAYERS {len(graph.ops)}  /* TFLM's operators, one per layer of the graph */
 #define MODEL_MACS {macs}u
 #define MODEL_INPUT_BYTES {sum(s.bytes for s in inputs)}u
 #define MODEL_HAS_INIT 1
