@@ -103,6 +103,12 @@ def test_library_sources_share_the_core_and_drop_float_kernels(tmp_path):
     assert "arm_convolve_s8.c" in names_c and not any(n.endswith(("_f16.c", "_f32.c")) for n in names_c)
     assert not any("cmsis" in str(p) for p in kernels_r)
     assert {p.name for p in core_c}.isdisjoint({"debug_log.cc", "test_helpers.cc", "system_setup.cc"})
+    # a full clone's tests are left out
+    fake = tmp_path / "tree"
+    for rel in ("tensorflow/lite/micro/micro_log.cc", "tensorflow/lite/micro/micro_log_test.cc"):
+        (fake / "tflite-micro" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fake / "tflite-micro" / rel).write_text("")
+    assert [p.name for p in tflm.library_sources(fake, "ref")[0]] == ["micro_log.cc"]
 
 
 def _repo(path, files: dict[str, str]) -> str:

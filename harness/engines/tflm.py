@@ -166,7 +166,13 @@ def c_flags(board, opt: str, variant: str) -> list[str]:
 def library_sources(root: Path, variant: str) -> tuple[list[Path], list[Path]]:
     """(the interpreter core, the kernels of `variant`)."""
     tf = root / "tflite-micro"
-    core = [p for d in _CORE_DIRS for p in sorted((tf / d).glob("*.cc")) if p.name not in _CORE_SKIP]
+    # a full clone (`harness engines fetch`) also holds TFLM's own tests beside the sources
+    core = [
+        p
+        for d in _CORE_DIRS
+        for p in sorted((tf / d).glob("*.cc"))
+        if p.name not in _CORE_SKIP and not p.name.endswith("_test.cc")
+    ]
     kdir = tf / "tensorflow/lite/micro/kernels"
     replaced = set(_CMSIS_KERNELS) if variant == "cmsis" else set()
     kernels = [kdir / f"{k}.cc" for k in _REF_KERNELS if k not in replaced]
@@ -199,7 +205,9 @@ def library(board, opt: str, variant: str, say=lambda _m: None) -> tuple[Path, s
     cxx, cc = cxx_flags(board, opt, variant), c_flags(board, opt, variant)
     gcc = subprocess.run([GXX, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     tree = _tree_digest(root)
-    key = hashlib.sha256(json.dumps([variant, cxx, cc, gcc, tree]).encode()).hexdigest()[:20]
+    core, kernels = library_sources(root, variant)
+    names = [str(p.relative_to(root)) for p in core + kernels]  # which files, as well as their content
+    key = hashlib.sha256(json.dumps([variant, cxx, cc, gcc, tree, names]).encode()).hexdigest()[:20]
     lib = cache_home() / "tflm-lib" / f"{variant}-{board.core}-{opt.lstrip('-')}-{key}" / "libtflm.a"
     if lib.is_file():
         return lib, key
@@ -208,12 +216,12 @@ def library(board, opt: str, variant: str, say=lambda _m: None) -> tuple[Path, s
     with open(lib.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not lib.is_file():
-            _build_library(root, lib, board, opt, variant, cxx, cc, gcc, tree, say)
+            _build_library(root, lib, board, opt, variant, (core, kernels), cxx, cc, gcc, tree, say)
     return lib, key
 
 
-def _build_library(root: Path, lib: Path, board, opt: str, variant: str, cxx, cc, gcc, tree: str, say) -> None:
-    core, kernels = library_sources(root, variant)
+def _build_library(root: Path, lib: Path, board, opt: str, variant: str, sources, cxx, cc, gcc, tree: str, say) -> None:
+    core, kernels = sources
     jobs = [(src, cxx_flags(board, opt, "core")) for src in core]
     jobs += [(src, cxx if src.suffix == ".cc" else cc) for src in kernels]
     objs = cache_home() / "tflm-obj"
