@@ -78,7 +78,6 @@ def run_compare(
     compare_id = results.new_run_id()
     rows: list[dict[str, Any]] = []
     unit = None
-    first_count = None
     for name in opts.engines:
         step(f"{name}")
         bench = BenchOptions(
@@ -100,14 +99,12 @@ def run_compare(
         row["deviation"] = "; ".join(r.get("output_deviations", [])) or None
         if f is not None:
             unit = f["count_unit"]
-            count = f["count"]["median"]
-            first_count = count if first_count is None and name == opts.engines[0] else first_count
-            row.update({k: f[k] for k in COLUMNS if k in f and k not in ("count",)})
-            row["count"] = count
+            row.update({k: f[k] for k in COLUMNS if k in f and k != "count"}, count=f["count"]["median"])
         rows.append(row)
+    first = rows[0].get("count")  # the first engine is the baseline of every ratio
     for row in rows:
         c = row.get("count")
-        row["ratio"] = c / first_count if c and first_count else None
+        row["ratio"] = c / first if c and first else None
     out = {
         "compare_id": compare_id,
         "board": opts.board,
