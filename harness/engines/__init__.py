@@ -76,7 +76,7 @@ def _native(board, interior, work: Path, *, build: bool, qemu: bool, opt: str, p
     from harness.engines.native import generate
 
     step("generating C")
-    cg = generate(interior, work / "model", dsp=board.dsp)
+    cg = generate(interior, work / "model", dsp=board.dsp, flash_bytes=board.flash_bytes)
     spec = EngineSpec("native", cg.inputs, cg.outputs, cg.arena_bytes, cg.weight_bytes, cg.macs, cg.layers, cg)
     if not build:
         return spec, None

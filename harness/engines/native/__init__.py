@@ -19,10 +19,20 @@ __all__ = [
     "c_string",
     "generate",
     "plan_memory",
+    "wide_budget",
 ]
 
 
-def generate(graph: Graph, out_dir: Path, *, dsp: bool = False) -> CodegenResult:
+def generate(graph: Graph, out_dir: Path, *, dsp: bool = False, flash_bytes: int | None = None) -> CodegenResult:
     """Write model.h / model.c for `graph` (its int8 interior: float boundaries are split off and
-    reported in the I/O specs) into `out_dir`; returns the plan, I/O specs, per-layer rows and sizes."""
-    return _generate_files(graph, Path(out_dir), dsp=dsp)
+    reported in the I/O specs) into `out_dir`; returns the plan, I/O specs, per-layer rows and sizes.
+    With the board's `flash_bytes`, layers may take wide weights within spec.wide_budget."""
+    budget = 0 if flash_bytes is None else wide_budget(flash_bytes, graph)
+    return _generate_files(graph, Path(out_dir), dsp=dsp, wide_budget=budget)
+
+
+def wide_budget(flash_bytes: int, graph: Graph) -> int:
+    """Flash the generator may spend on wide weights: half of what the board's flash leaves after the
+    model's int8 weights and 128 KiB for code, so that a model near the board's limit stays int8."""
+    weights = sum(t.nbytes for t in graph.tensors if t.is_const)
+    return max(0, (flash_bytes - weights - 128 * 1024) // 2)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.engines.native import spec
 from harness.engines.native.planner import MemoryPlan, plan_memory
 from harness.errors import UnsupportedModelError
 from harness.model import params as P
@@ -195,7 +196,9 @@ def _rq_fields(ident: str, p, n: int, acc_bound: int | None = None) -> tuple[lis
     return decls, init
 
 
-def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+def _conv(
+    graph: Graph, op: Op, ident: str, a: list[str], out: str, inplace: bool = False, wide: bool = False
+) -> _Layer:
     p = P.derive(graph, op)
     x, w, y = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
     if len(x.shape) != 4 or x.shape[0] != 1:
@@ -214,10 +217,16 @@ def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
     elif not dw and tuple(p.dilation) == (1, 1) and kh * kw * ic <= PATCH_MAX:
         layout = LAYOUT_ROWS
         weights = pack_rows(weights)
-    decls = [c_array("int8_t", f"{ident}_w", weights), c_array("int32_t", f"{ident}_bias", folded)]
     w_abs = np.abs(w.data.astype(np.int64))
     w_abs_sum = w_abs.sum(axis=(0, 1, 2)) if dw else w_abs.sum(axis=(1, 2, 3))
-    rq_decls, rq = _rq_fields(ident, p, oc, _acc_bound(folded, w_abs_sum))
+    acc_bound = _acc_bound(folded, w_abs_sum)
+    special = None
+    if not inplace:  # an in-place depthwise keeps tk_depthwise_inplace (one scratch plane)
+        special = _spec_conv(op, ident, p, x.shape, y.shape, w.data, folded, w_abs_sum, a[0], out, wide)
+    if special is not None:
+        return special
+    decls = [c_array("int8_t", f"{ident}_w", weights), c_array("int32_t", f"{ident}_bias", folded)]
+    rq_decls, rq = _rq_fields(ident, p, oc, acc_bound)
     decls += rq_decls
     m = p.depth_multiplier if dw else 1
     decls.append(
@@ -235,13 +244,17 @@ def _conv(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
     return _Layer(decls, [f"{fn}(&{ident}, {a[0]}, {out});"], nbytes, note)
 
 
-def _fc(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+def _fc(graph: Graph, op: Op, ident: str, a: list[str], out: str, wide: bool = False) -> _Layer:
     p = P.derive(graph, op)
     x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
     n_out, n_in = w.shape
     if x.size % n_in:
         raise UnsupportedModelError(f"layer '{op.name}': input of {x.size} elements is not a multiple of {n_in}")
     folded = _fold_bias(graph, op, (1,), p.input_offset, n_out)
+    reach = 128 * np.abs(w.data.astype(np.int64)).sum(axis=1)
+    special = _spec_fc(ident, p, x.size // n_in, w.data, folded, reach, a[0], out, wide)
+    if special is not None:
+        return special
     decls = [
         c_array("int8_t", f"{ident}_w", pack4(w.data.astype(np.int8))),
         c_array("int32_t", f"{ident}_bias", folded),
@@ -254,6 +267,85 @@ def _fc(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         f"    .weights = {ident}_w, .bias = {ident}_bias,\n    {rq}\n}};\n"
     )
     return _Layer(decls, [f"tk_fully_connected(&{ident}, {a[0]}, {out});"], w.size + 12 * n_out)
+
+
+def _ch_array(ctype: str, name: str, rows: np.ndarray) -> str:
+    body = ",\n    ".join("{ " + ", ".join(c_int(v) for v in r) + " }" for r in rows.tolist())
+    return f"static const {ctype} {name}[{len(rows)}] = {{\n    {body}\n}};\n"
+
+
+def _act_args(p) -> str:
+    return f"{c_int(p.act_min)}, {c_int(p.act_max)}"
+
+
+def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, out, wide) -> _Layer | None:
+    """The specialised form of a CONV_2D (tk_conv_spec) or DEPTHWISE_CONV_2D (tk_dw_spec), or None."""
+    _, ih, iw, ic = x_shape
+    _, oh, ow, oc = y_shape
+    kh, kw = w.shape[1], w.shape[2]
+    dw = op.kind == "DEPTHWISE_CONV_2D"
+    if tuple(p.dilation) != (1, 1) or (dw and (p.depth_multiplier != 1 or kh * kw > spec.DW_TAPS_MAX)):
+        return None
+    rows = spec.ch_rows(folded, p.multipliers, p.shifts, p.output_offset, 128 * w_abs_sum, p.act_min, p.act_max)
+    if rows is None:
+        return None
+    (sh, sw), (pt, pl) = p.stride, p.pad
+    zp = c_int(-p.input_offset)
+    if dw:
+        packed, tail = spec.pack_dw(w.reshape(kh * kw, oc).astype(np.int8))
+        rows = rows * np.array([2, 1, 1, 1])  # tk_rq2d: doubled biases (pack_dw doubles the weights)
+        decls = [c_array("int32_t", f"{ident}_w", packed if packed.size else np.zeros(1, np.int64))]
+        decls.append(c_array("int8_t", f"{ident}_wt", tail if tail.size else np.zeros(1, np.int8)))
+        decls.append(_ch_array("tk_ch_t", f"{ident}_ch", rows))
+        decls.append(
+            f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
+            f"    tk_dw_spec(in, out, {ident}_w, {ident}_wt, {ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow}, {kh}, {kw},\n"
+            f"               {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)});\n}}\n"
+        )
+        nbytes = 4 * packed.size + tail.size + 16 * len(rows)
+    else:
+        xb = spec.xb_words_conv(kh, kw, ic)
+        if 4 * xb > spec.XB_MAX_BYTES:
+            return None
+        w2 = w.reshape(oc, kh * kw * ic).astype(np.int8)
+        packed = spec.pack_wide(w2, 2) if wide else spec.pack_pairs(w2)
+        if oc % 2:
+            rows = np.concatenate([rows, rows[-1:]])  # read for the odd channel's zero partner, never stored
+        inside = int(pt == 0 and pl == 0 and (oh - 1) * sh + kh <= ih and (ow - 1) * sw + kw <= iw)
+        decls = [
+            c_array("int32_t", f"{ident}_w", packed),
+            _ch_array("tk_ch_t", f"{ident}_ch", rows),
+            f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
+            f"    int32_t xb[{xb}]; /* one pixel pair's halfword fields */\n"
+            f"    tk_conv_spec(in, out, {ident}_w, {ident}_ch, xb, {ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw},\n"
+            f"                 {sh}, {sw}, {pt}, {pl}, {inside}, {zp}, {_act_args(p)}, {int(wide)});\n}}\n",
+        ]
+        nbytes = 4 * packed.size + 16 * len(rows)
+    note = f"{kh}x{kw} s{sh}x{sw} pad {pt},{pl}, specialised" + (", wide weights" if wide and not dw else "")
+    return _Layer(decls, [f"{ident}_run({x_ptr}, {out});"], nbytes, note)
+
+
+def _spec_fc(ident, p, batches: int, w, folded, reach, x_ptr, out, wide) -> _Layer | None:
+    """FULLY_CONNECTED through tk_fc_spec, or None."""
+    n_out, n_in = w.shape
+    rows = spec.ch1_rows(folded, p.multipliers, p.shifts, p.output_offset, reach, p.act_min, p.act_max)
+    xb = spec.xb_words_fc(n_in)
+    if rows is None or 4 * xb > spec.XB_MAX_BYTES:
+        return None
+    block = 4 if wide else 2
+    if n_out % block:
+        rows = np.concatenate([rows] + [rows[-1:]] * (block - n_out % block))
+    packed = spec.pack_wide(w.astype(np.int8), 4) if wide else spec.pack_pairs(w.astype(np.int8))
+    decls = [
+        c_array("int32_t", f"{ident}_w", packed),
+        _ch_array("tk_ch1_t", f"{ident}_ch", rows),
+        f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
+        f"    int32_t xb[{xb}]; /* the row's halfword fields */\n"
+        f"    tk_fc_spec(in, out, {ident}_w, {ident}_ch, xb, {batches}, {n_in}, {n_out}, {_act_args(p)}, "
+        f"{int(wide)});\n}}\n",
+    ]
+    note = "specialised" + (", wide weights" if wide else "")
+    return _Layer(decls, [f"{ident}_run({x_ptr}, {out});"], 4 * packed.size + 20 * len(rows), note)
 
 
 def _strides4(shape: tuple[int, ...], out4: tuple[int, ...]) -> list[int]:
@@ -495,11 +587,21 @@ def split_interior(
     return split_boundary(graph)
 
 
-def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False) -> CodegenResult:
+def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budget: int = 0) -> CodegenResult:
+    """`wide_budget`: flash bytes the generator may add by widening CONV_2D / FULLY_CONNECTED weights to
+    halfwords (spec.choose_wide); 0 keeps every weight int8."""
     interior, in_bounds, out_bounds = split_interior(graph)
     interior.validate()
     _check_ops(interior)
     plan = plan_memory(interior)
+    wide = spec.choose_wide(
+        [
+            (k, op_macs(interior, op), interior.tensors[op.inputs[1]].nbytes)
+            for k, op in enumerate(interior.ops)
+            if op.kind in ("CONV_2D", "FULLY_CONNECTED")
+        ],
+        wide_budget,
+    )
     ident_model = c_identifier(interior.name or "model", "m")
     inputs = [_io_spec(interior, t, plan, b) for t, b in zip(interior.inputs, in_bounds, strict=True)]
     outputs = [_io_spec(interior, t, plan, b) for t, b in zip(interior.outputs, out_bounds, strict=True)]
@@ -521,7 +623,12 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False) -> Codegen
             body.append(f"    MODEL_LAYER_END({k});")
             rows.append(_row(interior, plan, k, op, 0))
             continue
-        layer = _EMITTERS[op.kind](interior, op, ident, acts, out)
+        if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            layer = _conv(interior, op, ident, acts, out, inplace=k in plan.inplace, wide=k in wide)
+        elif op.kind == "FULLY_CONNECTED":
+            layer = _fc(interior, op, ident, acts, out, wide=k in wide)
+        else:
+            layer = _EMITTERS[op.kind](interior, op, ident, acts, out)
         if k in plan.inplace:  # the planner gave output and input one buffer, plus a scratch plane
             layer.calls = [f"tk_depthwise_inplace(&{ident}, {out}, arena + {plan.inplace[k]});"]
             layer.note += ", in place"
@@ -599,7 +706,7 @@ def _model_c(graph: Graph, decls: list[str], body: list[str], inputs, outputs) -
     return (
         f"/* Generated by harness.engines.native for {c_string(graph.name)}: {len(graph.ops)} layers. "
         "Do not edit. */\n"
-        '#include <stdint.h>\n\n#include "model.h"\n#include "tk_kernels.h"\n\n'
+        '#include <stdint.h>\n\n#include "model.h"\n#include "tk_kernels.h"\n#include "tk_spec.h"\n\n'
         "/* A profiling build (HARNESS_LAYER_PROFILE) stamps the counter after each layer, in the runtime;\n"
         "   otherwise MODEL_LAYER_END does nothing. */\n"
         "#if HARNESS_LAYER_PROFILE\nvoid harness_layer_end(uint32_t index);\n"
