@@ -126,3 +126,24 @@ def test_host_library_is_cached_by_content(pool_params, tmp_path):
     mtime = a.stat().st_mtime_ns
     assert build_host_library(cg, tmp_path / "host") == a and a.stat().st_mtime_ns == mtime
     assert build_host_library(cg, tmp_path / "host", flags=["-O0", "-shared", "-fPIC"]) != a
+
+
+def test_wide_weights_go_to_the_most_macs_per_byte_within_the_budget():
+    from harness.engines.native import spec
+
+    # (layer, MACs, weight bytes): 100, 10 and 1 MAC per byte
+    layers = [(0, 1000, 100), (1, 100000, 1000), (2, 5000, 500)]
+    assert spec.choose_wide(layers, 0) == set()
+    assert spec.choose_wide(layers, 1000) == {1}
+    assert spec.choose_wide(layers, 1100) == {0, 1}
+    assert spec.choose_wide(layers, 10**6) == {0, 1, 2}
+
+
+def test_wide_budget_leaves_a_model_near_the_flash_limit_int8():
+    from harness.engines.native import wide_budget
+    from harness.zoo import resolve_model
+
+    g, _ = resolve_model("mlperf_kws")
+    weights = sum(t.nbytes for t in g.tensors if t.is_const)
+    assert wide_budget(weights + 128 * 1024, g) == 0
+    assert wide_budget(weights + 128 * 1024 + 2000, g) == 1000

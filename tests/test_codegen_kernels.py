@@ -10,6 +10,7 @@ import hashlib
 import numpy as np
 import pytest
 
+from harness.engines.native import generate, spec
 from harness.model import params as P
 from harness.model.ir import Graph, Op, Quant, Tensor, conv_out_size
 from harness.targets.host import HostModel
@@ -139,8 +140,10 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"c{i}" for i in range(len(CONV_CASES))])
-@pytest.mark.parametrize("in_zp", [-128, 5, 127])
-def test_conv_kernels_match_tflite_arithmetic(case, in_zp, table, tmp_path):
+@pytest.mark.parametrize("in_zp,wide", [(-128, False), (5, False), (127, False), (5, True)])
+def test_conv_kernels_match_tflite_arithmetic(case, in_zp, wide, table, tmp_path):
+    """Dilation-1 cases with multiplier 1 take the specialised kernels of tk_spec.h (with `wide`, their
+    weights widened to halfwords); the others the generic ones. Both against TFLite's arithmetic."""
     (ih, iw, ic), oc, (kh, kw), stride, dil, padding, dw, m = case
     # A digest, not hash(): str hashes change with PYTHONHASHSEED, so a failure would not reproduce.
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(repr((case, in_zp)).encode()).digest()[:8], "little"))
@@ -161,7 +164,12 @@ def test_conv_kernels_match_tflite_arithmetic(case, in_zp, table, tmp_path):
     mult, shift = rand_rq(rng, oc)
     p = P.ConvParams(-in_zp, -3, mult, shift, -100, 90, stride, dil, (pt, pl), m)
     table.by_op[id(op)] = p
-    host = HostModel(g, cache_dir=tmp_path)
+    cg = generate(g, tmp_path / "gen", flash_bytes=(1 << 22) if wide else None)
+    # A conv whose pixel pair's halfword field would exceed the kernels' stack buffer stays generic.
+    specialised = dil == (1, 1) and m == 1 and (dw or 4 * spec.xb_words_conv(kh, kw, ic) <= spec.XB_MAX_BYTES)
+    specialised = specialised and 0 not in cg.plan.inplace  # in-place depthwise keeps its own kernel
+    assert ("_run(arena" in (tmp_path / "gen" / "model.c").read_text()) == specialised
+    host = HostModel(cg, cache_dir=tmp_path)
     for k, x in enumerate(extremes((1, ih, iw, ic), rng)):
         want = conv_ref(x, w, bias, p, (oh, ow), dw)
         got = host.run([x])[0]
@@ -170,7 +178,10 @@ def test_conv_kernels_match_tflite_arithmetic(case, in_zp, table, tmp_path):
             assert len(np.unique(want)) > 3  # a random input: the case is not trivially saturated
 
 
-def test_fully_connected_batches_and_no_bias(table, tmp_path):
+@pytest.mark.parametrize("wide", [False, True])
+def test_fully_connected_batches_and_no_bias(wide, table, tmp_path):
+    """Three batch rows, 13 inputs (a partial group), 9 outputs (not a multiple of the wide path's 4),
+    act_min above -128, and a dead channel (multiplier 0) before live ones."""
     rng = np.random.default_rng(1)
     w = rng.integers(-128, 128, size=(9, 13), dtype=np.int8)
     tensors = [
@@ -181,12 +192,16 @@ def test_fully_connected_batches_and_no_bias(table, tmp_path):
     op = Op("FULLY_CONNECTED", [0, 1, -1], [2], {}, name="fc")
     g = Graph("fc", tensors, [op], [0], [2])
     mult, shift = rand_rq(rng, 9)
-    p = P.FcParams(-7, 4, mult, shift, -128, 127)
+    mult[0] = 0
+    p = P.FcParams(-7, 4, mult, shift, -20, 127)
     table.by_op[id(op)] = p
-    host = HostModel(g, cache_dir=tmp_path)
+    cg = generate(g, tmp_path / "gen", flash_bytes=(1 << 22) if wide else None)
+    assert "tk_fc_spec(" in (tmp_path / "gen" / "model.c").read_text()
+    host = HostModel(cg, cache_dir=tmp_path)
     for x in extremes((3, 13), rng):
         acc = (x.astype(I32) + p.input_offset) @ w.T.astype(I32)
-        want = np.clip(mbqm_single(acc, mult, shift) + 4, -128, 127).astype(np.int8)
+        want = np.clip(mbqm_single(acc, mult, shift) + 4, -20, 127).astype(np.int8)
+        assert len(np.unique(want)) > 2
         assert np.array_equal(host.run([x])[0], want)
 
 
@@ -328,7 +343,7 @@ def test_softmax_is_within_one_step_of_the_real_softmax(scale, table, tmp_path):
 @pytest.mark.parametrize("shifts,fast", [((0, 1), 0), ((0, -1), 0), ((-1, -2), 1)])
 def test_requantization_paths_with_small_shifts(kind, k, shifts, fast, table, tmp_path):
     """Shifts of 0 or +1 rule out tk_mbqm_fast (the general double-rounding path runs); shifts of -1
-    and -2 take the fast path. Both must match TFLite's arithmetic."""
+    and -2 take the short path (in a specialised layer). Both must match TFLite's arithmetic."""
     rng = np.random.default_rng(k)
     dw = kind == "DEPTHWISE_CONV_2D"
     c = 8
@@ -348,7 +363,12 @@ def test_requantization_paths_with_small_shifts(kind, k, shifts, fast, table, tm
     p = P.ConvParams(2, 1, mult, shift, -128, 127, (1, 1), (1, 1), (pad, pad), 1)
     table.by_op[id(op)] = p
     cg_host = HostModel(g, cache_dir=tmp_path)
-    assert f".fast = {fast}" in (cg_host.codegen.out_dir / "model.c").read_text()
+    source = (cg_host.codegen.out_dir / "model.c").read_text()
+    # the short path's layers are specialised (tk_spec.h) unless in place; the others keep the general kernel
+    if fast and 0 not in cg_host.codegen.plan.inplace:
+        assert "_run(arena" in source
+    else:
+        assert f".fast = {fast}" in source
     x = rng.integers(-128, 128, size=(1, 5, 5, c), dtype=np.int8)
     want = conv_ref(x, w, tensors[2].data, p, (5, 5), dw)
     assert len(np.unique(want)) > 3

@@ -174,3 +174,74 @@ def test_reference_model_on_arm_matches_reference(key, cpu, machine, tmp_path):
     x = np.random.default_rng(1).integers(-128, 128, size=cg.inputs[0].shape, dtype=np.int8)
     want = reference.run(g, [x])[0]
     assert np.array_equal(run_bare_metal(cg, x, cpu, machine, tmp_path), np.asarray(want).reshape(cg.outputs[0].shape))
+
+
+def spec_graph(rng):
+    """A chain through every specialised path of tk_spec.h, with the awkward sizes: a 3-channel first
+    layer (element-wise im2col) at stride 2 with SAME padding on an odd number of pixels (the lone last
+    pixel), depthwise on channel counts that are not a multiple of 4 (the scalar tail) at 3x3, 5x5 stride
+    2 and 7x7, pointwise with odd input and output counts, a 3x3 conv on 16 channels (word im2col with
+    padding), and a fully connected layer of 10 outputs (not a multiple of the wide path's 4). Two
+    channels are dead: a zero multiplier, and a bias that saturates at act_min whatever the input."""
+    t = [Tensor("in", (1, 9, 9, 3), "int8", q(0.05, -7))]
+    ops, params = [], []
+
+    def add(kind, oc, k, stride, act=(-128, 127)):
+        x = len(t) - 1
+        _, h, _, ic = t[x].shape
+        oh, pad = conv_out_size(h, k, stride, 1, "SAME")
+        wshape = (1, k, k, ic) if kind == "DEPTHWISE_CONV_2D" else (oc, k, k, ic)
+        oc = ic if kind == "DEPTHWISE_CONV_2D" else oc
+        bias = rng.integers(-3000, 3000, oc).astype(np.int32)
+        mult = rng.integers(2**30, 2**31 - 1, size=oc)
+        shift = rng.integers(-12, -8, size=oc)
+        mult[0] = 0  # a dead channel
+        bias[1], shift[1] = -(2**29), -2  # saturated at act_min for every input
+        t.append(Tensor(f"w{x}", wshape, "int8", q(0.01), rng.integers(-128, 128, wshape, dtype=np.int8)))
+        t.append(Tensor(f"b{x}", (oc,), "int32", q(0.0005), bias))
+        t.append(Tensor(f"y{x}", (1, oh, oh, oc), "int8", q(0.05, 3)))
+        ops.append(Op(kind, [x, x + 1, x + 2], [x + 3], {}, name=f"{kind.lower()}{x}"))
+        in_off = 7 if x == 0 else -3
+        params.append(P.ConvParams(in_off, 3, mult, shift, *act, (stride, stride), (1, 1), (pad, pad)))
+
+    add("CONV_2D", 10, 3, 2)
+    add("DEPTHWISE_CONV_2D", 0, 3, 1, act=(-60, 100))
+    add("CONV_2D", 13, 1, 1)
+    add("DEPTHWISE_CONV_2D", 0, 5, 2)
+    add("CONV_2D", 16, 1, 1, act=(3, 127))
+    add("CONV_2D", 7, 3, 1)
+    add("DEPTHWISE_CONV_2D", 0, 7, 1)
+    x = len(t) - 1
+    n_in = t[x].size
+    t.append(Tensor("fw", (10, n_in), "int8", q(0.01), rng.integers(-128, 128, (10, n_in), dtype=np.int8)))
+    t.append(Tensor("out", (1, 10), "int8", q(0.1, 0)))
+    ops.append(Op("FULLY_CONNECTED", [x, x + 1, -1], [x + 2], {}, name="fc"))
+    mult = rng.integers(2**30, 2**31 - 1, size=10)
+    mult[3] = 0
+    params.append(P.FcParams(-3, 0, mult, rng.integers(-12, -9, size=10), -128, 127))
+    g = Graph("qemu_spec", t, ops, [0], [len(t) - 1])
+    return g, dict(zip((id(o) for o in ops), params, strict=True))
+
+
+@pytest.mark.parametrize("cpu,machine", CPUS)
+@pytest.mark.parametrize("wide", [False, True], ids=["int8-weights", "wide-weights"])
+def test_specialised_layers_on_arm_match_the_reference(cpu, machine, wide, monkeypatch, tmp_path):
+    """Every layer of spec_graph takes a tk_spec.h template (asm SMLAD paths on M4/M7, portable C on
+    M3), with int8 or widened weights, and the outputs equal the numpy reference's byte for byte."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    from harness import reference
+
+    rng = np.random.default_rng(11)
+    g, table = spec_graph(rng)
+    monkeypatch.setattr(P, "derive", lambda graph, op: table[id(op)])
+    cg = generate(g, tmp_path / "gen", dsp=cpu != "cortex-m3", flash_bytes=(1 << 22) if wide else None)
+    source = (tmp_path / "gen" / "model.c").read_text()
+    assert source.count("_run(arena") == len(g.ops)  # no layer fell back to a generic kernel
+    assert ("wide weights" in source) == wide
+    inputs = [rng.integers(-128, 128, size=(1, 9, 9, 3), dtype=np.int8), np.full((1, 9, 9, 3), 127, np.int8)]
+    for k, x in enumerate(inputs):
+        want = np.asarray(reference.run(g, [x])[0]).reshape(cg.outputs[0].shape)
+        if k == 0:
+            assert len(np.unique(want)) > 3
+        (tmp_path / f"x{k}").mkdir()
+        assert np.array_equal(run_bare_metal(cg, x, cpu, machine, tmp_path / f"x{k}"), want)
