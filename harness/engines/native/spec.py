@@ -35,6 +35,13 @@ def _constant(b: int, m: int, s: int, reach: int, offset: int, lo: int, hi: int,
     return ends[0] if ends[0] == ends[1] else None
 
 
+def _per_channel(folded, *values):
+    """(bias, *values) per channel as Python ints, a per-tensor value repeated for every channel."""
+    n = len(folded)
+    cols = [np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (n,)).tolist() for v in values]
+    return zip(folded.tolist(), *cols, strict=True)
+
+
 def ch_rows(folded, mult, shift, offset: int, reach, lo: int, hi: int) -> np.ndarray | None:
     """tk_ch_t rows {bias, mult, rnd, e}, or None where the short path does not hold for some channel.
     `reach` is each channel's largest |sum of weight * input| (128 sum|w|). A channel needs |acc| < 2^30
@@ -42,12 +49,8 @@ def ch_rows(folded, mult, shift, offset: int, reach, lo: int, hi: int) -> np.nda
     |y| <= |acc| mult / 2^31 + 1 after the SMMULR. A channel whose output is the same for every
     accumulator (a dead channel: zero multiplier, or a bias that saturates it) is written as that
     constant instead: multiplier 0 and e = 1, so that rnd alone gives it."""
-    n = len(folded)
-    mult = np.broadcast_to(np.asarray(mult, dtype=np.int64).reshape(-1), (n,))
-    shift = np.broadcast_to(np.asarray(shift, dtype=np.int64).reshape(-1), (n,))
-    reach = np.broadcast_to(np.asarray(reach, dtype=np.int64).reshape(-1), (n,))
     rows = []
-    for b, m, s, r in zip(folded.tolist(), mult.tolist(), shift.tolist(), reach.tolist(), strict=True):
+    for b, m, s, r in _per_channel(folded, mult, shift, reach):
         c = _constant(b, m, s, r, offset, lo, hi, single=False)
         if c is not None:
             rows.append((b, 0, 1 + 2 * c, 1))
@@ -66,12 +69,8 @@ def ch1_rows(folded, mult, shift, offset: int, reach, lo: int, hi: int) -> np.nd
     """tk_ch1_t rows {bias, mult, r_lo, r_hi, e} of the single rounding (tk_mbqm_single): needs
     -31 < shift <= -1, so that the 64-bit result shifts by 32 + e with e >= 0. Constant channels as in
     ch_rows (multiplier 0, shift -1, the constant in r)."""
-    n = len(folded)
-    mult = np.broadcast_to(np.asarray(mult, dtype=np.int64).reshape(-1), (n,))
-    shift = np.broadcast_to(np.asarray(shift, dtype=np.int64).reshape(-1), (n,))
-    reach = np.broadcast_to(np.asarray(reach, dtype=np.int64).reshape(-1), (n,))
     rows = []
-    for b, m, s, r in zip(folded.tolist(), mult.tolist(), shift.tolist(), reach.tolist(), strict=True):
+    for b, m, s, r in _per_channel(folded, mult, shift, reach):
         c = _constant(b, m, s, r, offset, lo, hi, single=True)
         if c is not None:
             m, s, off = 0, -1, c
