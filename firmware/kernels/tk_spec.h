@@ -170,27 +170,25 @@ TK_INLINE void tk_mm2x2(const int32_t *xb, const int32_t *w, int32_t groups, int
     "smlad %[b1], %[xb02], %[e], %[b1]\n\t"                                                              \
     "smlad %[a1], %[xa13], %[v], %[a1]\n\t"                                                              \
     "smlad %[b1], %[xb13], %[v], %[b1]\n\t"
+#define TK_MM2X2_OPERANDS                                                                                \
+    : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [px] "+r"(xb), [pw] "+r"(w),              \
+      [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [v] "=&r"(v), [e] "=&r"(e) \
+    : [end] "r"(end)                                                                                     \
+    : "memory", "cc"
     const int32_t *end = xb + 4 * groups;
     int32_t xa02, xa13, xb02, xb13, v, e;
     /* the loop itself in asm too: gcc's own unrolling renames the accumulators and copies them back */
     if (groups % 2 == 0) {
         __asm__("1:\n\t" TK_MM2X2_GROUP TK_MM2X2_GROUP "cmp %[px], %[end]\n\t"
                 "bne 1b"
-                : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [px] "+r"(xb), [pw] "+r"(w),
-                  [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [v] "=&r"(v),
-                  [e] "=&r"(e)
-                : [end] "r"(end)
-                : "memory", "cc");
+                TK_MM2X2_OPERANDS);
     } else {
         __asm__("1:\n\t" TK_MM2X2_GROUP "cmp %[px], %[end]\n\t"
                 "bne 1b"
-                : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [px] "+r"(xb), [pw] "+r"(w),
-                  [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [v] "=&r"(v),
-                  [e] "=&r"(e)
-                : [end] "r"(end)
-                : "memory", "cc");
+                TK_MM2X2_OPERANDS);
     }
 #undef TK_MM2X2_GROUP
+#undef TK_MM2X2_OPERANDS
 #else
     for (int32_t g = 0; g < groups; g++, xb += 4, w += 2) {
         const int32_t xa02 = xb[0], xa13 = xb[1], xb02 = xb[2], xb13 = xb[3];
@@ -477,10 +475,21 @@ TK_INLINE void tk_fc_spec(const int8_t *in, int8_t *out, const int32_t *weights,
 /* --- depthwise (multiplier 1), four channels at a time ----------------------------------------- */
 
 /* Weights pre-extended to halfwords and doubled (as the biases in `ch`: see tk_rq2d): per group of 4
- * channels, per tap, (c0,c2),(c1,c3) as two words, the pairs SXTB16 gives the input. Channels past the last whole group run one at a time. Windows inside
- * the input read taps at constant offsets; border windows read through per-tap pointers, a tap outside
- * the input pointing at `zrow` (C bytes of the raw zero point). */
+ * channels, per tap, (c0,c2),(c1,c3) as two words, the pairs SXTB16 gives the input. Channels past the
+ * last whole group run one at a time. Windows inside the input read taps at constant offsets; border
+ * windows read through per-tap pointers, a tap outside the input pointing at `zrow` (C bytes of the raw
+ * zero point). */
 #define TK_DW_TAPS_MAX 49
+
+/* Four channels' doubled accumulators requantized and stored. */
+TK_INLINE void tk_dw_store4(int32_t a0, int32_t a1, int32_t a2, int32_t a3, const tk_ch_t *ch, int8_t *y,
+                            int32_t lo, int32_t hi)
+{
+    y[0] = tk_act(tk_rq2d(a0, &ch[0]), lo, hi);
+    y[1] = tk_act(tk_rq2d(a1, &ch[1]), lo, hi);
+    y[2] = tk_act(tk_rq2d(a2, &ch[2]), lo, hi);
+    y[3] = tk_act(tk_rq2d(a3, &ch[3]), lo, hi);
+}
 
 TK_INLINE void tk_dw_group(const int8_t *const *xp, int32_t c, const int32_t *w, const tk_ch_t *ch, int8_t *y,
                            int32_t TAPS, int32_t lo, int32_t hi)
@@ -489,10 +498,7 @@ TK_INLINE void tk_dw_group(const int8_t *const *xp, int32_t c, const int32_t *w,
     for (int32_t t = 0; t < TAPS; t++) {
         TK_DW_TAP(tk_load4(xp[t] + c), w, a0, a1, a2, a3);
     }
-    y[0] = tk_act(tk_rq2d(a0, &ch[0]), lo, hi);
-    y[1] = tk_act(tk_rq2d(a1, &ch[1]), lo, hi);
-    y[2] = tk_act(tk_rq2d(a2, &ch[2]), lo, hi);
-    y[3] = tk_act(tk_rq2d(a3, &ch[3]), lo, hi);
+    tk_dw_store4(a0, a1, a2, a3, ch, y, lo, hi);
 }
 
 TK_INLINE void tk_dw_inside(const int8_t *base, int32_t c, const int32_t *w, const tk_ch_t *ch, int8_t *y,
@@ -504,10 +510,7 @@ TK_INLINE void tk_dw_inside(const int8_t *base, int32_t c, const int32_t *w, con
     for (int32_t t = 0; t < KH * KW; t++) {
         TK_DW_TAP(tk_load4(base + ((t / KW) * IW + t % KW) * C), w, a0, a1, a2, a3);
     }
-    y[0] = tk_act(tk_rq2d(a0, &ch[0]), lo, hi);
-    y[1] = tk_act(tk_rq2d(a1, &ch[1]), lo, hi);
-    y[2] = tk_act(tk_rq2d(a2, &ch[2]), lo, hi);
-    y[3] = tk_act(tk_rq2d(a3, &ch[3]), lo, hi);
+    tk_dw_store4(a0, a1, a2, a3, ch, y, lo, hi);
 }
 
 /* `wt` holds the C % 4 last channels' weights as int8 [tap][C % 4]. */
