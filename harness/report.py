@@ -248,7 +248,9 @@ def trend_plots(df, out_dir: Path) -> dict[str, Path]:
             ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=cell)
         if metric == RATIO:
             ax.axhline(1.0, color="0.4", linestyle="--", linewidth=0.8)  # parity with TFLM + CMSIS-NN
-        ax.set_title(METRIC_LABEL[metric] + ("" if metric in ABSOLUTE else ": change from the first run shown"))
+        # left-aligned: a long title then runs over the legend's side, not off the figure's left edge
+        title = METRIC_LABEL[metric] + ("" if metric in ABSOLUTE else ": change from the first run shown")
+        ax.set_title(title, loc="left")
         ax.set_ylabel(ABSOLUTE.get(metric, "change (%)"))
         ax.set_xticks(range(len(runs)))
         ax.set_xticklabels([r[:15] for r in runs], rotation=30, ha="right", fontsize=7)
