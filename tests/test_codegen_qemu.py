@@ -206,7 +206,7 @@ def spec_graph(rng):
 
     add("CONV_2D", 10, 3, 2)
     add("DEPTHWISE_CONV_2D", 0, 3, 1, act=(-60, 100))
-    add("CONV_2D", 13, 1, 1)
+    add("CONV_2D", 21, 1, 1)  # the next pointwise's 21 inputs are 6 groups: tk_mm2x2 unrolled by 2, not 4
     add("DEPTHWISE_CONV_2D", 0, 5, 2)
     add("CONV_2D", 16, 1, 1, act=(3, 127))
     add("CONV_2D", 7, 3, 1)

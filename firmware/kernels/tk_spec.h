@@ -177,8 +177,13 @@ TK_INLINE void tk_mm2x2(const int32_t *xb, const int32_t *w, int32_t groups, int
     : "memory", "cc"
     const int32_t *end = xb + 4 * groups;
     int32_t xa02, xa13, xb02, xb13, v, e;
-    /* the loop itself in asm too: gcc's own unrolling renames the accumulators and copies them back */
-    if (groups % 2 == 0) {
+    /* the loop itself in asm too (gcc's own unrolling renames the accumulators and copies them back),
+     * unrolled as far as the group count allows */
+    if (groups % 4 == 0) {
+        __asm__("1:\n\t" TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_GROUP "cmp %[px], %[end]\n\t"
+                "bne 1b"
+                TK_MM2X2_OPERANDS);
+    } else if (groups % 2 == 0) {
         __asm__("1:\n\t" TK_MM2X2_GROUP TK_MM2X2_GROUP "cmp %[px], %[end]\n\t"
                 "bne 1b"
                 TK_MM2X2_OPERANDS);
@@ -238,26 +243,38 @@ TK_INLINE void tk_mm2x2_w16(const int32_t *xb, const int32_t *w, int32_t groups,
 #if defined(__ARM_FEATURE_DSP)
     const int32_t *end = xb + 4 * groups;
     int32_t xa02, xa13, xb02, xb13, p, q;
-    __asm__("1:\n\t"
-            "ldrd %[xb02], %[xb13], [%[px], #8]\n\t"
-            "ldrd %[xa02], %[xa13], [%[px]], #16\n\t"
-            "ldrd %[p], %[q], [%[pw]], #8\n\t"
-            "smlad %[a0], %[xa02], %[p], %[a0]\n\t"
-            "smlad %[b0], %[xb02], %[p], %[b0]\n\t"
-            "smlad %[a0], %[xa13], %[q], %[a0]\n\t"
-            "smlad %[b0], %[xb13], %[q], %[b0]\n\t"
-            "ldrd %[p], %[q], [%[pw]], #8\n\t"
-            "smlad %[a1], %[xa02], %[p], %[a1]\n\t"
-            "smlad %[b1], %[xb02], %[p], %[b1]\n\t"
-            "smlad %[a1], %[xa13], %[q], %[a1]\n\t"
-            "smlad %[b1], %[xb13], %[q], %[b1]\n\t"
-            "cmp %[px], %[end]\n\t"
-            "bne 1b"
-            : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [px] "+r"(xb), [pw] "+r"(w),
-              [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [p] "=&r"(p),
-              [q] "=&r"(q)
-            : [end] "r"(end)
-            : "memory", "cc");
+#define TK_MM2X2W_GROUP                                                                                  \
+    "ldrd %[xb02], %[xb13], [%[px], #8]\n\t"                                                             \
+    "ldrd %[xa02], %[xa13], [%[px]], #16\n\t"                                                            \
+    "ldrd %[p], %[q], [%[pw]], #8\n\t"                                                                   \
+    "smlad %[a0], %[xa02], %[p], %[a0]\n\t"                                                              \
+    "smlad %[b0], %[xb02], %[p], %[b0]\n\t"                                                              \
+    "smlad %[a0], %[xa13], %[q], %[a0]\n\t"                                                              \
+    "smlad %[b0], %[xb13], %[q], %[b0]\n\t"                                                              \
+    "ldrd %[p], %[q], [%[pw]], #8\n\t"                                                                   \
+    "smlad %[a1], %[xa02], %[p], %[a1]\n\t"                                                              \
+    "smlad %[b1], %[xb02], %[p], %[b1]\n\t"                                                              \
+    "smlad %[a1], %[xa13], %[q], %[a1]\n\t"                                                              \
+    "smlad %[b1], %[xb13], %[q], %[b1]\n\t"
+#define TK_MM2X2W_OPERANDS                                                                               \
+    : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [px] "+r"(xb), [pw] "+r"(w),              \
+      [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [p] "=&r"(p), [q] "=&r"(q) \
+    : [end] "r"(end)                                                                                     \
+    : "memory", "cc"
+    /* unrolled as far as the group count allows: the loop's compare and branch are 2 of 14 per group */
+    if (groups % 4 == 0) {
+        __asm__("1:\n\t" TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_GROUP
+                "cmp %[px], %[end]\n\t"
+                "bne 1b" TK_MM2X2W_OPERANDS);
+    } else if (groups % 2 == 0) {
+        __asm__("1:\n\t" TK_MM2X2W_GROUP TK_MM2X2W_GROUP "cmp %[px], %[end]\n\t"
+                "bne 1b" TK_MM2X2W_OPERANDS);
+    } else {
+        __asm__("1:\n\t" TK_MM2X2W_GROUP "cmp %[px], %[end]\n\t"
+                "bne 1b" TK_MM2X2W_OPERANDS);
+    }
+#undef TK_MM2X2W_GROUP
+#undef TK_MM2X2W_OPERANDS
 #else
     for (int32_t g = 0; g < groups; g++, xb += 4, w += 4) {
         a0 = tk_smlad_(xb[1], w[1], tk_smlad_(xb[0], w[0], a0));
