@@ -236,7 +236,8 @@ TK_INLINE void tk_mm1x2(const int32_t *xb, int32_t xstride, const int32_t *w, in
 
 /* The same products with weights widened to halfwords at generation time ("wide" layers, where the
  * code generator's flash budget allows twice the weight bytes): per group a channel's weights are two
- * words, (k0,k2) and (k1,k3), so the inner loop does no sign extension at all. */
+ * words, (k0,k2) and (k1,k3), so the inner loop does no sign extension at all. In CONV_2D layers they
+ * are doubled (|2w| <= 256 still fits), as are the biases, which spares the requantization a shift. */
 TK_INLINE void tk_mm2x2_w16(const int32_t *xb, const int32_t *w, int32_t groups, int32_t acc[4])
 {
     int32_t a0 = acc[0], a1 = acc[1], b0 = acc[2], b1 = acc[3];
@@ -408,6 +409,8 @@ TK_INLINE void tk_conv_spec(const int8_t *in, int8_t *out, const int32_t *weight
 {
     const int32_t G = (KH * KW * IC + 3) / 4, npix = OH * OW;
     int32_t oy = 0, ox = 0;
+/* wide weights and their biases are stored doubled, as depthwise's (tk_rq2d) */
+#define TK_CONV_RQ(a, c) (WIDE ? tk_rq2d((a), (c)) : tk_rq2((a), (c)))
     for (int32_t p = 0; p < npix; p += 2, out += 2 * OC) {
         tk_im2col(xb, 4, 0, in, oy, ox, IH, IW, IC, KH, KW, SH, SW, PT, PL, INSIDE, zp);
         const int pair = p + 1 < npix;
@@ -426,33 +429,35 @@ TK_INLINE void tk_conv_spec(const int8_t *in, int8_t *out, const int32_t *weight
         const tk_ch_t *c = ch;
         for (int32_t oc = 0; oc < OC; oc += 2, c += 2, w += (WIDE ? 4 : 2) * G) {
             const int two = OC % 2 == 0 || oc + 1 < OC;
+            const tk_ch_t *c0 = &c[0], *c1 = &c[1];
             if (pair) {
-                int32_t acc[4] = {c[0].bias, c[1].bias, c[0].bias, c[1].bias};
+                int32_t acc[4] = {c0->bias, c1->bias, c0->bias, c1->bias};
                 if (WIDE) {
                     tk_mm2x2_w16(xb, w, G, acc);
                 } else {
                     tk_mm2x2(xb, w, G, acc);
                 }
-                out[oc] = tk_act(tk_rq2(acc[0], &c[0]), lo, hi);
-                out[OC + oc] = tk_act(tk_rq2(acc[2], &c[0]), lo, hi);
+                out[oc] = tk_act(TK_CONV_RQ(acc[0], c0), lo, hi);
+                out[OC + oc] = tk_act(TK_CONV_RQ(acc[2], c0), lo, hi);
                 if (two) {
-                    out[oc + 1] = tk_act(tk_rq2(acc[1], &c[1]), lo, hi);
-                    out[OC + oc + 1] = tk_act(tk_rq2(acc[3], &c[1]), lo, hi);
+                    out[oc + 1] = tk_act(TK_CONV_RQ(acc[1], c1), lo, hi);
+                    out[OC + oc + 1] = tk_act(TK_CONV_RQ(acc[3], c1), lo, hi);
                 }
             } else {
-                int32_t acc[2] = {c[0].bias, c[1].bias};
+                int32_t acc[2] = {c0->bias, c1->bias};
                 if (WIDE) {
                     tk_mm1x2_w16(xb, 4, w, G, acc);
                 } else {
                     tk_mm1x2(xb, 4, w, G, acc);
                 }
-                out[oc] = tk_act(tk_rq2(acc[0], &c[0]), lo, hi);
+                out[oc] = tk_act(TK_CONV_RQ(acc[0], c0), lo, hi);
                 if (two) {
-                    out[oc + 1] = tk_act(tk_rq2(acc[1], &c[1]), lo, hi);
+                    out[oc + 1] = tk_act(TK_CONV_RQ(acc[1], c1), lo, hi);
                 }
             }
         }
     }
+#undef TK_CONV_RQ
 }
 
 /* FULLY_CONNECTED, batch by batch: one row expanded into `xb` (2 * G words), then channel pairs. */

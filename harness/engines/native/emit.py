@@ -308,7 +308,9 @@ def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, 
         if 4 * xb > spec.XB_MAX_BYTES:
             return None
         w2 = w.reshape(oc, kh * kw * ic).astype(np.int8)
-        packed = spec.pack_wide(w2, 2) if wide else spec.pack_pairs(w2)
+        packed = spec.pack_wide(2 * w2.astype(np.int64), 2) if wide else spec.pack_pairs(w2)
+        if wide:
+            rows = rows * np.array([2, 1, 1, 1])  # doubled with the weights: tk_rq2d
         if oc % 2:
             rows = np.concatenate([rows, rows[-1:]])  # read for the odd channel's zero partner, never stored
         inside = int(pt == 0 and pl == 0 and (oh - 1) * sh + kh <= ih and (ow - 1) * sw + kw <= iw)

@@ -53,7 +53,7 @@ def ch_rows(folded, mult, shift, offset: int, reach, lo: int, hi: int) -> np.nda
     for b, m, s, r in _per_channel(folded, mult, shift, reach):
         c = _constant(b, m, s, r, offset, lo, hi, single=False)
         if c is not None:
-            rows.append((b, 0, 1 + 2 * c, 1))
+            rows.append((0, 0, 1 + 2 * c, 1))  # bias unused (and 0 doubles without overflow)
             continue
         acc, e = abs(b) + r, -s
         y = acc * abs(m) // INT32_LIMIT + 1
