@@ -136,14 +136,18 @@ CONV_CASES = [
     ((10, 9, 4), 4, (5, 5), (1, 1), (2, 2), "SAME", True, 1),
     ((9, 8, 5), 5, (7, 7), (1, 1), (1, 1), "SAME", True, 1),  # > 25 taps: the per-channel loop
     ((7, 7, 3), 6, (5, 5), (2, 2), (1, 1), "SAME", True, 2),
+    # one input channel: a multiplier is a CONV_2D (person_detect's first layer), odd output count too
+    ((9, 10, 1), 8, (3, 3), (2, 2), (1, 1), "SAME", True, 8),
+    ((6, 7, 1), 3, (3, 3), (1, 1), (1, 1), "VALID", True, 3),
 ]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[f"c{i}" for i in range(len(CONV_CASES))])
 @pytest.mark.parametrize("in_zp,wide", [(-128, False), (5, False), (127, False), (5, True)])
 def test_conv_kernels_match_tflite_arithmetic(case, in_zp, wide, table, tmp_path):
-    """Dilation-1 cases with multiplier 1 take the specialised kernels of tk_spec.h (with `wide`, their
-    weights widened to halfwords); the others the generic ones. Both against TFLite's arithmetic."""
+    """Dilation-1 cases with multiplier 1 (or one input channel) take the specialised kernels of tk_spec.h
+    (with `wide`, their weights widened to halfwords); the others the generic ones. Both against TFLite's
+    arithmetic."""
     (ih, iw, ic), oc, (kh, kw), stride, dil, padding, dw, m = case
     # A digest, not hash(): str hashes change with PYTHONHASHSEED, so a failure would not reproduce.
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(repr((case, in_zp)).encode()).digest()[:8], "little"))
@@ -166,7 +170,9 @@ def test_conv_kernels_match_tflite_arithmetic(case, in_zp, wide, table, tmp_path
     table.by_op[id(op)] = p
     cg = generate(g, tmp_path / "gen", flash_bytes=(1 << 22) if wide else None)
     # A conv whose pixel pair's halfword field would exceed the kernels' stack buffer stays generic.
-    specialised = dil == (1, 1) and m == 1 and (dw or 4 * spec.xb_words_conv(kh, kw, ic) <= spec.XB_MAX_BYTES)
+    as_conv = not dw or ic == 1  # a depthwise on one channel takes the conv template
+    fits = not as_conv or 4 * spec.xb_words_conv(kh, kw, ic) <= spec.XB_MAX_BYTES
+    specialised = dil == (1, 1) and (m == 1 or ic == 1) and fits
     specialised = specialised and 0 not in cg.plan.inplace  # in-place depthwise keeps its own kernel
     assert ("_run(arena" in (tmp_path / "gen" / "model.c").read_text()) == specialised
     host = HostModel(cg, cache_dir=tmp_path)

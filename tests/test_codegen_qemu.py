@@ -180,29 +180,30 @@ def spec_graph(rng):
     """A chain through every specialised path of tk_spec.h, with the awkward sizes: a 3-channel first
     layer (element-wise im2col) at stride 2 with SAME padding on an odd number of pixels (the lone last
     pixel), depthwise on channel counts that are not a multiple of 4 (the scalar tail) at 3x3, 5x5 stride
-    2 and 7x7, pointwise with odd input and output counts, a 3x3 conv on 16 channels (word im2col with
+    2 and 7x7, a depthwise on one channel with a multiplier, pointwise with odd input and output counts, a 3x3 conv on 16 channels (word im2col with
     padding), and a fully connected layer of 10 outputs (not a multiple of the wide path's 4). Two
     channels are dead: a zero multiplier, and a bias that saturates at act_min whatever the input."""
     t = [Tensor("in", (1, 9, 9, 3), "int8", q(0.05, -7))]
     ops, params = [], []
 
-    def add(kind, oc, k, stride, act=(-128, 127)):
+    def add(kind, oc, k, stride, act=(-128, 127), m=1):
         x = len(t) - 1
         _, h, _, ic = t[x].shape
         oh, pad = conv_out_size(h, k, stride, 1, "SAME")
-        wshape = (1, k, k, ic) if kind == "DEPTHWISE_CONV_2D" else (oc, k, k, ic)
-        oc = ic if kind == "DEPTHWISE_CONV_2D" else oc
+        wshape = (1, k, k, ic * m) if kind == "DEPTHWISE_CONV_2D" else (oc, k, k, ic)
+        oc = ic * m if kind == "DEPTHWISE_CONV_2D" else oc
         bias = rng.integers(-3000, 3000, oc).astype(np.int32)
         mult = rng.integers(2**30, 2**31 - 1, size=oc)
         shift = rng.integers(-12, -8, size=oc)
-        mult[0] = 0  # a dead channel
-        bias[1], shift[1] = -(2**29), -2  # saturated at act_min for every input
+        mult[0] = 0 if oc > 1 else mult[0]  # a dead channel
+        if oc > 1:
+            bias[1], shift[1] = -(2**29), -2  # saturated at act_min for every input
         t.append(Tensor(f"w{x}", wshape, "int8", q(0.01), rng.integers(-128, 128, wshape, dtype=np.int8)))
         t.append(Tensor(f"b{x}", (oc,), "int32", q(0.0005), bias))
         t.append(Tensor(f"y{x}", (1, oh, oh, oc), "int8", q(0.05, 3)))
         ops.append(Op(kind, [x, x + 1, x + 2], [x + 3], {}, name=f"{kind.lower()}{x}"))
         in_off = 7 if x == 0 else -3
-        params.append(P.ConvParams(in_off, 3, mult, shift, *act, (stride, stride), (1, 1), (pad, pad)))
+        params.append(P.ConvParams(in_off, 3, mult, shift, *act, (stride, stride), (1, 1), (pad, pad), m))
 
     add("CONV_2D", 10, 3, 2)
     add("DEPTHWISE_CONV_2D", 0, 3, 1, act=(-60, 100))
@@ -211,6 +212,8 @@ def spec_graph(rng):
     add("CONV_2D", 16, 1, 1, act=(3, 127))
     add("CONV_2D", 7, 3, 1)
     add("DEPTHWISE_CONV_2D", 0, 7, 1)
+    add("CONV_2D", 1, 1, 1)
+    add("DEPTHWISE_CONV_2D", 0, 3, 2, m=7)  # one channel times 7: the conv template
     x = len(t) - 1
     n_in = t[x].size
     t.append(Tensor("fw", (10, n_in), "int8", q(0.01), rng.integers(-128, 128, (10, n_in), dtype=np.int8)))

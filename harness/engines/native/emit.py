@@ -284,6 +284,8 @@ def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, 
     _, oh, ow, oc = y_shape
     kh, kw = w.shape[1], w.shape[2]
     dw = op.kind == "DEPTHWISE_CONV_2D"
+    if dw and ic == 1:  # one input channel times a multiplier is a CONV_2D: weights [1,KH,KW,OC] -> [OC,KH,KW,1]
+        dw, w = False, np.ascontiguousarray(w.transpose(3, 1, 2, 0))
     if tuple(p.dilation) != (1, 1) or (dw and (p.depth_multiplier != 1 or kh * kw > spec.DW_TAPS_MAX)):
         return None
     rows = spec.ch_rows(folded, p.multipliers, p.shifts, p.output_offset, 128 * w_abs_sum, p.act_min, p.act_max)
@@ -600,7 +602,7 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budge
         [
             (k, op_macs(interior, op), interior.tensors[op.inputs[1]].nbytes)
             for k, op in enumerate(interior.ops)
-            if op.kind in ("CONV_2D", "FULLY_CONNECTED")
+            if op.kind in ("CONV_2D", "FULLY_CONNECTED") or spec.dw_as_conv(interior, op)
         ],
         wide_budget,
     )

@@ -122,6 +122,12 @@ def choose_wide(candidates: list[tuple[int, int, int]], budget: int) -> set[int]
     return chosen
 
 
+def dw_as_conv(graph, op) -> bool:
+    """A DEPTHWISE_CONV_2D on one input channel: the conv template runs it (each output channel is a
+    filter over the one input channel), so its weights may be widened like a CONV_2D's."""
+    return op.kind == "DEPTHWISE_CONV_2D" and graph.tensors[op.inputs[0]].shape[-1] == 1
+
+
 def pack_dw(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[T, C] depthwise weights: per group of 4 channels, per tap, halfword pairs (c0,c2),(c1,c3) as
     words, doubled (tk_rq2d; |2w| <= 256 fits a halfword); and the C % 4 last channels as int8 [T][C % 4],
