@@ -180,9 +180,10 @@ def spec_graph(rng):
     """A chain through every specialised path of tk_spec.h, with the awkward sizes: a 3-channel first
     layer (element-wise im2col) at stride 2 with SAME padding on an odd number of pixels (the lone last
     pixel), depthwise on channel counts that are not a multiple of 4 (the scalar tail) at 3x3, 5x5 stride
-    2 and 7x7, a depthwise on one channel with a multiplier, pointwise with odd input and output counts, a 3x3 conv on 16 channels (word im2col with
-    padding), and a fully connected layer of 10 outputs (not a multiple of the wide path's 4). Two
-    channels are dead: a zero multiplier, and a bias that saturates at act_min whatever the input."""
+    2 and 7x7, a depthwise on one channel with a multiplier, pointwise with odd input and output counts,
+    a 3x3 conv on 16 channels (word im2col with padding), and a fully connected layer of 10 outputs (not
+    a multiple of the wide path's 4). Two channels are dead: a zero multiplier, and a bias that
+    saturates at act_min whatever the input."""
     t = [Tensor("in", (1, 9, 9, 3), "int8", q(0.05, -7))]
     ops, params = [], []
 

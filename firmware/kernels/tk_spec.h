@@ -379,16 +379,21 @@ TK_INLINE void tk_im2col(int32_t *xb, int32_t gstride, int32_t slot, const int8_
     }
     /* Channel counts that are not a multiple of 4 (a first layer on 1 or 3 channels): element by element.
      * Element j of the field goes to halfword perm[j % 4] of its group. */
-    int16_t *h = (int16_t *)(void *)(xb + 2 * slot);
+    typedef int16_t tk_half_alias __attribute__((may_alias)); /* xb is read back as int32_t words */
+    tk_half_alias *h = (tk_half_alias *)(void *)(xb + 2 * slot);
     const int32_t hs = 2 * gstride; /* halfwords from one group to the next */
+    /* unrolled whole (the field is small: a few dozen elements), so every index is a constant */
     int32_t j = 0;
+#pragma GCC unroll 16
     for (int32_t ky = 0; ky < KH; ky++) {
         const int32_t iy = iy0 + ky;
         const int row_in = INSIDE || (iy >= 0 && iy < IH);
+#pragma GCC unroll 16
         for (int32_t kx = 0; kx < KW; kx++) {
             const int32_t ix = ix0 + kx;
             const int ok = row_in && (INSIDE || (ix >= 0 && ix < IW));
             const int8_t *s = in + (iy * IW + ix) * IC;
+#pragma GCC unroll 4
             for (int32_t c = 0; c < IC; c++, j++) {
                 h[(j >> 2) * hs + ((j & 1) << 1) + ((j >> 1) & 1)] = (int16_t)(ok ? s[c] : zp);
             }
