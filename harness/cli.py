@@ -70,6 +70,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"MACs {t['macs']:,}   params {t['params']:,}   weight flash {_kib(t['weight_bytes'])}   "
         f"peak arena {_kib(t['arena_bytes'])}"
     )
+    # bench's flash can be larger: the native engine widens the busiest layers' weights where the board's
+    # flash has room (engines/native/spec.py), which a board-less inspect cannot know
+    console.print(
+        "weight flash as int8; `harness bench` reports the board's build, which may widen some layers' "
+        "weights to halfwords for speed where its flash has room"
+    )
     return 0
 
 
