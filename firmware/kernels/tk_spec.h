@@ -17,6 +17,10 @@
 
 #define TK_INLINE static inline __attribute__((always_inline))
 
+/* Row y of a tensor whose rows are ROWBYTES apart: a whole tensor (RING 0), or a ring of RING rows that
+ * a fused group keeps instead (row y in slot y % RING; see harness/engines/native/fuse.py). */
+#define TK_ROW(base, y, RING, ROWBYTES) ((base) + ((RING) ? (y) % (RING) : (y)) * (ROWBYTES))
+
 /* Per output channel, in the order the kernels read them (one struct: adjacent loads). */
 typedef struct {
     int32_t bias; /* folded: bias + input_offset * sum(weights) */
@@ -348,7 +352,7 @@ TK_INLINE void tk_mm1x4_w16(const int32_t *xb, const int32_t *w, int32_t groups,
  * point (the folded bias expects it), the K..4G tail as 0. INSIDE: every window is in bounds. */
 TK_INLINE void tk_im2col(int32_t *xb, int32_t gstride, int32_t slot, const int8_t *in, int32_t oy, int32_t ox,
                          int32_t IH, int32_t IW, int32_t IC, int32_t KH, int32_t KW, int32_t SH, int32_t SW,
-                         int32_t PT, int32_t PL, int32_t INSIDE, int32_t zp)
+                         int32_t PT, int32_t PL, int32_t INSIDE, int32_t zp, int32_t RIN)
 {
     const int32_t iy0 = oy * SH - PT, ix0 = ox * SW - PL;
     if (IC % 4 == 0) {
@@ -360,7 +364,7 @@ TK_INLINE void tk_im2col(int32_t *xb, int32_t gstride, int32_t slot, const int8_
             const int row_in = INSIDE || (iy >= 0 && iy < IH);
             for (int32_t kx = 0; kx < KW; kx++) {
                 const int32_t ix = ix0 + kx;
-                const int8_t *s = in + (iy * IW + ix) * IC;
+                const int8_t *s = TK_ROW(in, iy, RIN, IW * IC) + ix * IC;
                 if (row_in && (INSIDE || (ix >= 0 && ix < IW))) {
                     for (int32_t c = 0; c < IC; c += 4, d += gstride) {
                         const int32_t v = tk_load4(s + c);
@@ -392,7 +396,7 @@ TK_INLINE void tk_im2col(int32_t *xb, int32_t gstride, int32_t slot, const int8_
         for (int32_t kx = 0; kx < KW; kx++) {
             const int32_t ix = ix0 + kx;
             const int ok = row_in && (INSIDE || (ix >= 0 && ix < IW));
-            const int8_t *s = in + (iy * IW + ix) * IC;
+            const int8_t *s = TK_ROW(in, iy, RIN, IW * IC) + ix * IC;
 #pragma GCC unroll 4
             for (int32_t c = 0; c < IC; c++, j++) {
                 h[(j >> 2) * hs + ((j & 1) << 1) + ((j >> 1) & 1)] = (int16_t)(ok ? s[c] : zp);
@@ -410,21 +414,25 @@ TK_INLINE void tk_im2col(int32_t *xb, int32_t gstride, int32_t slot, const int8_
 TK_INLINE void tk_conv_spec(const int8_t *in, int8_t *out, const int32_t *weights, const tk_ch_t *ch, int32_t *xb,
                             int32_t IH, int32_t IW, int32_t IC, int32_t OH, int32_t OW, int32_t OC, int32_t KH,
                             int32_t KW, int32_t SH, int32_t SW, int32_t PT, int32_t PL, int32_t INSIDE, int32_t zp,
-                            int32_t lo, int32_t hi, int32_t WIDE)
+                            int32_t lo, int32_t hi, int32_t WIDE, int32_t RIN, int32_t ROUT, int32_t OY0,
+                            int32_t OY1)
 {
-    const int32_t G = (KH * KW * IC + 3) / 4, npix = OH * OW;
-    int32_t oy = 0, ox = 0;
+    /* output rows [OY0, OY1): a whole layer, or one row of a fused group (ROUT > 0 takes one row a call) */
+    const int32_t G = (KH * KW * IC + 3) / 4, npix = (OY1 - OY0) * OW;
+    int32_t oy = OY0, ox = 0;
+    (void)OH; /* the rows come as [OY0, OY1) */
+    out = TK_ROW(out, OY0, ROUT, OW * OC);
 /* wide weights and their biases are stored doubled, as depthwise's (tk_rq2d) */
 #define TK_CONV_RQ(a, c) (WIDE ? tk_rq2d((a), (c)) : tk_rq2((a), (c)))
     for (int32_t p = 0; p < npix; p += 2, out += 2 * OC) {
-        tk_im2col(xb, 4, 0, in, oy, ox, IH, IW, IC, KH, KW, SH, SW, PT, PL, INSIDE, zp);
+        tk_im2col(xb, 4, 0, in, oy, ox, IH, IW, IC, KH, KW, SH, SW, PT, PL, INSIDE, zp, RIN);
         const int pair = p + 1 < npix;
         if (++ox == OW) {
             ox = 0;
             oy++;
         }
         if (pair) {
-            tk_im2col(xb, 4, 1, in, oy, ox, IH, IW, IC, KH, KW, SH, SW, PT, PL, INSIDE, zp);
+            tk_im2col(xb, 4, 1, in, oy, ox, IH, IW, IC, KH, KW, SH, SW, PT, PL, INSIDE, zp, RIN);
             if (++ox == OW) {
                 ox = 0;
                 oy++;
@@ -471,7 +479,7 @@ TK_INLINE void tk_fc_spec(const int8_t *in, int8_t *out, const int32_t *weights,
 {
     const int32_t G = (IN + 3) / 4;
     for (int32_t b = 0; b < B; b++, in += IN, out += OUT) {
-        tk_im2col(xb, 2, 0, in, 0, 0, 1, 1, IN, 1, 1, 1, 1, 0, 0, 1, 0);
+        tk_im2col(xb, 2, 0, in, 0, 0, 1, 1, IN, 1, 1, 1, 1, 0, 0, 1, 0, 0);
         if (WIDE) { /* channels in fours (the last group padded with zero weights), 8 G words a group */
             const int32_t *w = weights;
             const tk_ch1_t *c = ch;
@@ -540,14 +548,31 @@ TK_INLINE void tk_dw_inside(const int8_t *base, int32_t c, const int32_t *w, con
     tk_dw_store4(a0, a1, a2, a3, ch, y, lo, hi);
 }
 
+/* As tk_dw_inside with the window's rows wherever they are (a ring): `rb` holds each row's first tap. */
+TK_INLINE void tk_dw_inside_rows(const int8_t *const *rb, int32_t c, const int32_t *w, const tk_ch_t *ch, int8_t *y,
+                                 int32_t C, int32_t KH, int32_t KW, int32_t lo, int32_t hi)
+{
+    int32_t a0 = ch[0].bias, a1 = ch[1].bias, a2 = ch[2].bias, a3 = ch[3].bias;
+#pragma GCC unroll 7
+    for (int32_t ky = 0; ky < KH; ky++) {
+        const int8_t *r = rb[ky] + c;
+#pragma GCC unroll 7
+        for (int32_t kx = 0; kx < KW; kx++) {
+            TK_DW_TAP(tk_load4(r + kx * C), w, a0, a1, a2, a3);
+        }
+    }
+    tk_dw_store4(a0, a1, a2, a3, ch, y, lo, hi);
+}
+
 /* `wt` holds the C % 4 last channels' weights as int8 [tap][C % 4]. */
-TK_INLINE void tk_dw_spec(const int8_t *in, int8_t *out, const int32_t *w, const int8_t *wt, const tk_ch_t *ch,
+TK_INLINE void tk_dw_spec(const int8_t *in, int8_t *out0, const int32_t *w, const int8_t *wt, const tk_ch_t *ch,
                           int32_t IH, int32_t IW, int32_t C, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
                           int32_t SH, int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi)
 {
     const int32_t TAPS = KH * KW, C4 = C & ~3;
     int8_t zrow[C];
     const int8_t *xp[TAPS];
+    int8_t *out = out0;
     memset(zrow, (int)(int8_t)zp, (size_t)C);
     for (int32_t oy = 0; oy < OH; oy++) {
         const int32_t iy0 = oy * SH - PT;
@@ -582,6 +607,60 @@ TK_INLINE void tk_dw_spec(const int8_t *in, int8_t *out, const int32_t *w, const
                 }
                 out[c] = tk_act(tk_rq2d(acc, &ch[c]), lo, hi);
             }
+        }
+    }
+}
+
+
+/* One output row `oy` of a depthwise layer in a fused group: the input rows from a ring of RIN rows
+ * (or a whole tensor, RIN 0), the row written at `out`. The same tap and store kernels as tk_dw_spec;
+ * a separate template because the ring's row pointers, even unused, cost the whole-tensor form ~3 %. */
+TK_INLINE void tk_dw_spec_row(const int8_t *in, int8_t *out, const int32_t *w, const int8_t *wt, const tk_ch_t *ch,
+                              int32_t IH, int32_t IW, int32_t C, int32_t OW, int32_t KH, int32_t KW, int32_t SH,
+                              int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi, int32_t RIN,
+                              int32_t oy)
+{
+    const int32_t TAPS = KH * KW, C4 = C & ~3;
+    int8_t zrow[C];
+    const int8_t *xp[TAPS];
+    const int8_t *rb[KH]; /* the window's rows; a padding row is zrow */
+    memset(zrow, (int)(int8_t)zp, (size_t)C);
+    const int32_t iy0 = oy * SH - PT;
+    const int rows_in = iy0 >= 0 && iy0 + KH <= IH;
+    for (int32_t ky = 0; ky < KH; ky++) {
+        const int32_t iy = iy0 + ky;
+        rb[ky] = iy >= 0 && iy < IH ? TK_ROW(in, iy, RIN, IW * C) : 0;
+    }
+    for (int32_t ox = 0; ox < OW; ox++, out += C) {
+        const int32_t ix0 = ox * SW - PL;
+        const int inside = rows_in && ix0 >= 0 && ix0 + KW <= IW;
+        if (!inside || C4 < C) {
+            for (int32_t ky = 0, t = 0; ky < KH; ky++) {
+                for (int32_t kx = 0; kx < KW; kx++, t++) {
+                    const int32_t ix = ix0 + kx;
+                    xp[t] = rb[ky] && ix >= 0 && ix < IW ? rb[ky] + ix * C : zrow;
+                }
+            }
+        }
+        if (inside) {
+            const int8_t *rx[KH];
+            for (int32_t ky = 0; ky < KH; ky++) {
+                rx[ky] = rb[ky] + ix0 * C;
+            }
+            for (int32_t c = 0; c < C4; c += 4) {
+                tk_dw_inside_rows(rx, c, w + (c / 4) * 2 * TAPS, ch + c, out + c, C, KH, KW, lo, hi);
+            }
+        } else {
+            for (int32_t c = 0; c < C4; c += 4) {
+                tk_dw_group(xp, c, w + (c / 4) * 2 * TAPS, ch + c, out + c, TAPS, lo, hi);
+            }
+        }
+        for (int32_t c = C4; c < C; c++) {
+            int32_t acc = ch[c].bias;
+            for (int32_t t = 0; t < TAPS; t++) {
+                acc += 2 * xp[t][c] * wt[t * (C - C4) + c - C4];
+            }
+            out[c] = tk_act(tk_rq2d(acc, &ch[c]), lo, hi);
         }
     }
 }

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.engines.native import spec
-from harness.engines.native.planner import MemoryPlan, plan_memory
+from harness.engines.native import fuse, spec
+from harness.engines.native.planner import MemoryPlan, live_bytes, plan_memory
 from harness.errors import UnsupportedModelError
 from harness.model import params as P
 from harness.model.ir import Graph, Op, c_identifier, op_macs
@@ -136,6 +136,7 @@ class _Layer:
     calls: list[str]
     weight_bytes: int
     note: str = ""
+    special: bool = False  # a tk_spec.h layer (or an ADD): it has a row form for fused groups
 
 
 def _fold_bias(graph: Graph, op: Op, sum_axes: tuple[int, ...], input_offset: int, n_out: int) -> np.ndarray:
@@ -197,7 +198,7 @@ def _rq_fields(ident: str, p, n: int, acc_bound: int | None = None) -> tuple[lis
 
 
 def _conv(
-    graph: Graph, op: Op, ident: str, a: list[str], out: str, inplace: bool = False, wide: bool = False
+    graph: Graph, op: Op, ident: str, a: list[str], out: str, inplace: bool = False, wide: bool = False, rings=None
 ) -> _Layer:
     p = P.derive(graph, op)
     x, w, y = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]], graph.tensors[op.outputs[0]]
@@ -222,9 +223,11 @@ def _conv(
     acc_bound = _acc_bound(folded, w_abs_sum)
     special = None
     if not inplace:  # an in-place depthwise keeps tk_depthwise_inplace (one scratch plane)
-        special = _spec_conv(op, ident, p, x.shape, y.shape, w.data, folded, w_abs_sum, a[0], out, wide)
+        special = _spec_conv(op, ident, p, x.shape, y.shape, w.data, folded, w_abs_sum, a[0], out, wide, rings)
     if special is not None:
         return special
+    if rings is not None:
+        raise AssertionError(f"layer {ident} was fused but has no row form")
     decls = [c_array("int8_t", f"{ident}_w", weights), c_array("int32_t", f"{ident}_bias", folded)]
     rq_decls, rq = _rq_fields(ident, p, oc, acc_bound)
     decls += rq_decls
@@ -278,8 +281,10 @@ def _act_args(p) -> str:
     return f"{c_int(p.act_min)}, {c_int(p.act_max)}"
 
 
-def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, out, wide) -> _Layer | None:
-    """The specialised form of a CONV_2D (tk_conv_spec) or DEPTHWISE_CONV_2D (tk_dw_spec), or None."""
+def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, out, wide, rings=None) -> _Layer | None:
+    """The specialised form of a CONV_2D (tk_conv_spec) or DEPTHWISE_CONV_2D (tk_dw_spec), or None.
+    With `rings` (rows of the input's and output's rings, 0 for a whole tensor) the layer is part of a
+    fused group: it gets `{ident}_row(in, out, oy)`, one output row a call, which the group calls."""
     _, ih, iw, ic = x_shape
     _, oh, ow, oc = y_shape
     kh, kw = w.shape[1], w.shape[2]
@@ -299,11 +304,19 @@ def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, 
         decls = [c_array("int32_t", f"{ident}_w", packed if packed.size else np.zeros(1, np.int64))]
         decls.append(c_array("int8_t", f"{ident}_wt", tail if tail.size else np.zeros(1, np.int8)))
         decls.append(_ch_array("tk_ch_t", f"{ident}_ch", rows))
-        decls.append(
-            f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
-            f"    tk_dw_spec(in, out, {ident}_w, {ident}_wt, {ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow}, {kh}, {kw},\n"
-            f"               {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)});\n}}\n"
-        )
+        if rings is None:
+            decls.append(
+                f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
+                f"    tk_dw_spec(in, out, {ident}_w, {ident}_wt, {ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow},\n"
+                f"               {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)});\n}}\n"
+            )
+        else:
+            decls.append(
+                f"static __attribute__((noinline)) void {ident}_row(const int8_t *in, int8_t *out, int32_t oy)\n{{\n"
+                f"    tk_dw_spec_row(in, TK_ROW(out, oy, {rings[1]}, {ow * oc}), {ident}_w, {ident}_wt, {ident}_ch, "
+                f"{ih}, {iw}, {ic}, {ow},\n"
+                f"                   {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)}, {rings[0]}, oy);\n}}\n"
+            )
         nbytes = 4 * packed.size + tail.size + 16 * len(rows)
     else:
         xb = spec.xb_words_conv(kh, kw, ic)
@@ -316,17 +329,23 @@ def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, 
         if oc % 2:
             rows = np.concatenate([rows, rows[-1:]])  # read for the odd channel's zero partner, never stored
         inside = int(pt == 0 and pl == 0 and (oh - 1) * sh + kh <= ih and (ow - 1) * sw + kw <= iw)
+        step = fuse.rows_per_step_of(op.kind, oh, ow)
+        y1 = "oy + 1" if step == 1 else f"oy + {step} < {oh} ? oy + {step} : {oh}"
+        rin, rout, y0, y1 = (0, 0, "0", str(oh)) if rings is None else (*rings, "oy", y1)
+        head = "(const int8_t *in, int8_t *out)" if rings is None else "(const int8_t *in, int8_t *out, int32_t oy)"
         decls = [
             c_array("int32_t", f"{ident}_w", packed),
             _ch_array("tk_ch_t", f"{ident}_ch", rows),
-            f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
+            f"static __attribute__((noinline)) void {ident}_{'run' if rings is None else 'row'}{head}\n{{\n"
             f"    int32_t xb[{xb}]; /* one pixel pair's halfword fields */\n"
             f"    tk_conv_spec(in, out, {ident}_w, {ident}_ch, xb, {ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw},\n"
-            f"                 {sh}, {sw}, {pt}, {pl}, {inside}, {zp}, {_act_args(p)}, {int(wide)});\n}}\n",
+            f"                 {sh}, {sw}, {pt}, {pl}, {inside}, {zp}, {_act_args(p)}, {int(wide)}, {rin}, {rout}, "
+            f"{y0}, {y1});\n}}\n",
         ]
         nbytes = 4 * packed.size + 16 * len(rows)
     note = f"{kh}x{kw} s{sh}x{sw} pad {pt},{pl}, specialised" + (", wide weights" if wide and not dw else "")
-    return _Layer(decls, [f"{ident}_run({x_ptr}, {out});"], nbytes, note)
+    calls = [f"{ident}_run({x_ptr}, {out});"] if rings is None else []
+    return _Layer(decls, calls, nbytes, note, special=True)
 
 
 def _spec_fc(ident, p, batches: int, w, folded, reach, x_ptr, out, wide) -> _Layer | None:
@@ -361,7 +380,7 @@ def _strides4(shape: tuple[int, ...], out4: tuple[int, ...]) -> list[int]:
     return strides
 
 
-def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
+def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str, rings=None) -> _Layer:
     p = P.derive(graph, op)
     s1, s2 = graph.tensors[op.inputs[0]].shape, graph.tensors[op.inputs[1]].shape
     y = graph.tensors[op.outputs[0]]
@@ -384,7 +403,22 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
         f"    .output_mult = {c_int(p.output_multiplier)}, .output_shift = {c_int(p.output_shift)}, "
         f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}, .fast = {int(fast)}\n}};\n"
     ]
-    return _Layer(decls, [f"tk_add(&{ident}, {a[0]}, {a[1]}, {out});"], 0)
+    if rings is None:
+        return _Layer(decls, [f"tk_add(&{ident}, {a[0]}, {a[1]}, {out});"], 0, special=True)
+    # fused: the same parameters over one row (the group only fuses ADDs without broadcast)
+    row = y.size // y.shape[1]
+    decls.append(
+        f"static const tk_add_t {ident}_r = {{\n"
+        + decls[0].split("{\n", 1)[1].replace(f".size = {y.size},", f".size = {row},", 1)
+    )
+    ra, rb, ro = rings
+    decls.append(
+        f"static __attribute__((noinline)) void {ident}_row(const int8_t *a, const int8_t *b, int8_t *out, int32_t y)\n"
+        f"{{\n    tk_add(&{ident}_r, TK_ROW(a, y, {ra}, {row}), TK_ROW(b, y, {rb}, {row}),\n"
+        f"           TK_ROW(out, y, {ro}, {row}));\n}}\n"
+    )
+    decls = decls[1:]
+    return _Layer(decls, [], 0, "row by row", special=True)
 
 
 def _pool(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:
@@ -591,13 +625,15 @@ def split_interior(
     return split_boundary(graph)
 
 
-def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budget: int = 0) -> CodegenResult:
+def generate_files(
+    graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budget: int = 0, fuse_layers: bool = True
+) -> CodegenResult:
     """`wide_budget`: flash bytes the generator may add by widening CONV_2D / FULLY_CONNECTED weights to
-    halfwords (spec.choose_wide); 0 keeps every weight int8."""
+    halfwords (spec.choose_wide); 0 keeps every weight int8. `fuse_layers`: let the planner run chains
+    of layers row by row where that lowers the peak (fuse.py); False gives the layer-by-layer plan."""
     interior, in_bounds, out_bounds = split_interior(graph)
     interior.validate()
     _check_ops(interior)
-    plan = plan_memory(interior)
     wide = spec.choose_wide(
         [
             (k, op_macs(interior, op), interior.tensors[op.inputs[1]].nbytes)
@@ -606,6 +642,10 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budge
         ],
         wide_budget,
     )
+    choice = _choose_fusion(interior, wide) if fuse_layers else None
+    groups = choice.groups if choice else []
+    plan = plan_memory(interior, fused=groups)
+    group_of = {k: g for g in groups for k in g.ops}
     ident_model = c_identifier(interior.name or "model", "m")
     inputs = [_io_spec(interior, t, plan, b) for t, b in zip(interior.inputs, in_bounds, strict=True)]
     outputs = [_io_spec(interior, t, plan, b) for t, b in zip(interior.outputs, out_bounds, strict=True)]
@@ -627,10 +667,17 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budge
             body.append(f"    MODEL_LAYER_END({k});")
             rows.append(_row(interior, plan, k, op, 0))
             continue
+        g = group_of.get(k)
+        rings = None
+        if g is not None:
+            ts = [t for t in op.inputs[: 2 if op.kind == "ADD" else 1]] + [op.outputs[0]]
+            rings = tuple(g.rings.get(t, 0) for t in ts)
         if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            layer = _conv(interior, op, ident, acts, out, inplace=k in plan.inplace, wide=k in wide)
+            layer = _conv(interior, op, ident, acts, out, inplace=k in plan.inplace, wide=k in wide, rings=rings)
         elif op.kind == "FULLY_CONNECTED":
             layer = _fc(interior, op, ident, acts, out, wide=k in wide)
+        elif op.kind == "ADD":
+            layer = _add(interior, op, ident, acts, out, rings=rings)
         else:
             layer = _EMITTERS[op.kind](interior, op, ident, acts, out)
         if k in plan.inplace:  # the planner gave output and input one buffer, plus a scratch plane
@@ -640,10 +687,19 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budge
         macs = op_macs(interior, op)
         extra = (f", {layer.note}" if layer.note else "") + (f", {macs} MACs" if macs else "")
         decls.append(f"/* layer {k}: {op.kind} {c_string(op.name)} */\n" + "".join(layer.decls))
-        body.append(head + extra + " */")
-        body += [f"    {c}" for c in layer.calls]
-        body.append(f"    MODEL_LAYER_END({k});")
         rows.append(_row(interior, plan, k, op, layer.weight_bytes))
+        if g is None:
+            body.append(head + extra + " */")
+            body += [f"    {c}" for c in layer.calls]
+            body.append(f"    MODEL_LAYER_END({k});")
+            continue
+        ring = ", ".join(f"{interior.tensors[t].name}: {g.rings[t]} rows" for t in op.outputs if t in g.rings)
+        body.append(head + extra + f", fused group {g.describe()}" + (f", ring of {ring}" if ring else "") + " */")
+        if k == g.last:  # the group runs as a whole here; its layers' profile stamps follow it
+            gid = f"g{g.first}_{g.last}"
+            decls.append(_group_runner(interior, plan, g, gid))
+            body.append(f"    {gid}_run(arena);")
+            body += [f"    MODEL_LAYER_END({j});" for j in g.ops]
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -671,6 +727,47 @@ def generate_files(graph: Graph, out_dir: Path, *, dsp: bool = False, wide_budge
         macs=macs,
         dsp=dsp,
         graph=interior,
+    )
+
+
+def _streams(graph: Graph, k: int, op: Op, wide: set[int]) -> bool:
+    """Whether layer k has a row form: an ADD, or a conv / depthwise that takes a tk_spec.h template."""
+    if op.kind == "ADD":
+        return True
+    if op.kind not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        return False
+    return _conv(graph, op, "probe", ["in"], "out", wide=k in wide).special
+
+
+def _choose_fusion(graph: Graph, wide: set[int]) -> fuse.Choice:
+    streams = {k: _streams(graph, k, op, wide) for k, op in enumerate(graph.ops)}
+    return fuse.choose(
+        graph,
+        lambda k: streams[k],
+        lambda gs: live_bytes(graph, gs),
+        lambda gs: plan_memory(graph, fused=gs).arena_bytes,
+    )
+
+
+def _group_runner(graph: Graph, plan: MemoryPlan, g: fuse.FusedGroup, gid: str) -> str:
+    """The C that replays the group's schedule: per step, one row of one layer."""
+    cases = []
+    for i, k in enumerate(g.ops):
+        op = graph.ops[k]
+        ts = [t for t in op.inputs[: 2 if op.kind == "ADD" else 1]] + [op.outputs[0]]
+        args = ", ".join(f"arena + {plan.offsets[t]}" for t in ts)
+        n = fuse.rows_per_step(graph, op)
+        call = f"{_ident(k, op)}_row({args}, made[{i}]);\n            made[{i}] += {n};"
+        cases.append(f"        case {i}:\n            {call}\n            break;")
+    steps = ", ".join(map(str, g.steps))
+    return (
+        f"/* fused group {g.describe()}: {len(g.steps)} row steps, in the order the last layer's rows pull them */\n"
+        f"static const uint8_t {gid}_steps[{len(g.steps)}] = {{{steps}}};\n"
+        f"static __attribute__((noinline)) void {gid}_run(int8_t *arena)\n{{\n"
+        f"    int32_t made[{len(g.ops)}] = {{0}}; /* rows made so far, per layer */\n"
+        f"    for (int32_t s = 0; s < {len(g.steps)}; s++) {{\n"
+        f"        switch ({gid}_steps[s]) {{\n" + "\n".join(cases) + "\n        default:\n            break;\n"
+        "        }\n    }\n}\n"
     )
 
 

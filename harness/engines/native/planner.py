@@ -50,6 +50,7 @@ class MemoryPlan:
     offsets: dict[int, int] = field(default_factory=dict)  # tensor index -> byte offset
     lifetimes: dict[int, tuple[int, int]] = field(default_factory=dict)  # tensor index -> (first, last)
     inplace: dict[int, int] = field(default_factory=dict)  # in-place depthwise op -> its scratch offset
+    fused: list = field(default_factory=list)  # fuse.FusedGroup, in execution order
 
     def buffer_of(self, tensor: int) -> Buffer:
         for b in self.buffers:
@@ -72,9 +73,11 @@ class MemoryPlan:
                     assert apart, f"live buffers {a.tensors} and {b.tensors} overlap in the arena"
 
 
-def buffers_of(graph: Graph, inplace: set[int] | frozenset[int] = frozenset()) -> list[Buffer]:
+def buffers_of(graph: Graph, inplace: set[int] | frozenset[int] = frozenset(), fused=()) -> list[Buffer]:
     """The buffers to place: activation tensors grouped by RESHAPE aliasing (and, for the depthwise
-    ops in `inplace`, output with input), with their lifetimes; plus those ops' scratch planes."""
+    ops in `inplace`, output with input), with their lifetimes; plus those ops' scratch planes. For each
+    fused group (fuse.FusedGroup) its intermediates are rings of rows, live while the group runs, and
+    its inputs and output are live for the whole group (its layers interleave)."""
     parent: dict[int, int] = {}
 
     def find(t: int) -> int:
@@ -105,12 +108,22 @@ def buffers_of(graph: Graph, inplace: set[int] | frozenset[int] = frozenset()) -
             if t >= 0 and not graph.tensors[t].is_const:
                 first.setdefault(t, k)
                 last[t] = max(last.get(t, k), k)
+    ring_rows: dict[int, tuple[int, int]] = {}
+    for g in fused:
+        for t in g.rings:
+            ring_rows[t] = (g.rings[t] * g.row_bytes[t], g.last)
+            first[t] = g.first
+        for t in g.inputs:
+            last[t] = max(last.get(t, g.last), g.last)
+        first[g.output] = min(first.get(g.output, g.first), g.first)
     groups: dict[int, Buffer] = {}
     for t in sorted(set(first) | set(last)):
         if graph.tensors[t].is_const:
             continue
         root = find(t)
         size = graph.tensors[t].nbytes
+        if t in ring_rows:
+            size, last[t] = ring_rows[t]
         f, l_ = first.get(t, -1), last.get(t, first.get(t, -1))
         b = groups.get(root)
         if b is None:
@@ -209,27 +222,28 @@ def _place_two_ended(buffers: list[Buffer], target: int, alignment: int) -> int:
     return top
 
 
-def plan_memory(graph: Graph, alignment: int = ALIGNMENT, inplace_depthwise: bool = True) -> MemoryPlan:
+def plan_memory(graph: Graph, alignment: int = ALIGNMENT, inplace_depthwise: bool = True, fused=()) -> MemoryPlan:
     """Place every activation buffer of `graph` (an int8 interior) in one arena; see the module doc.
 
     With `inplace_depthwise`, depthwise layers that can overwrite their input do so (one scratch plane
     of H*W bytes instead of a second tensor) where, and only where, that makes the arena smaller: the
     in-place kernel walks channel by channel and is slower."""
-    best = _plan(graph, alignment, frozenset())
+    best = _plan(graph, alignment, frozenset(), fused)
     if not inplace_depthwise:
         return best
     chosen: frozenset[int] = frozenset()
-    cands = inplace_candidates(graph)
+    in_groups = {k for g in fused for k in g.ops}
+    cands = [k for k in inplace_candidates(graph) if k not in in_groups]
     cands.sort(key=lambda k: -graph.tensors[graph.ops[k].outputs[0]].nbytes)
     for k in cands:
-        trial = _plan(graph, alignment, chosen | {k})
+        trial = _plan(graph, alignment, chosen | {k}, fused)
         if trial.arena_bytes < best.arena_bytes:
             best, chosen = trial, chosen | {k}
     return best
 
 
-def _plan(graph: Graph, alignment: int, inplace: frozenset[int]) -> MemoryPlan:
-    buffers = buffers_of(graph, inplace)
+def _plan(graph: Graph, alignment: int, inplace: frozenset[int], fused=()) -> MemoryPlan:
+    buffers = buffers_of(graph, inplace, fused)
     n_ops = len(graph.ops)
     idx = list(range(len(buffers)))
     orders = [
@@ -253,7 +267,7 @@ def _plan(graph: Graph, alignment: int, inplace: frozenset[int]) -> MemoryPlan:
             break  # cannot do better than the bytes live at the busiest moment
     for b, off in zip(buffers, best_offsets or [], strict=True):
         b.offset = off
-    plan = MemoryPlan(align(best_top or 0, alignment), alignment, buffers)
+    plan = MemoryPlan(align(best_top or 0, alignment), alignment, buffers, fused=list(fused))
     for b in buffers:
         for t in b.tensors:
             plan.offsets[t] = b.offset
@@ -261,6 +275,13 @@ def _plan(graph: Graph, alignment: int, inplace: frozenset[int]) -> MemoryPlan:
         if b.scratch_of is not None:
             plan.inplace[b.scratch_of] = b.offset
     return plan
+
+
+def live_bytes(graph: Graph, fused=(), alignment: int = ALIGNMENT) -> list[int]:
+    """Aligned bytes live while each op runs, with the given fused groups and no in-place layers: the
+    lower bound of any placement, op by op (what fuse.choose compares)."""
+    buffers = buffers_of(graph, frozenset(), fused)
+    return [sum(align(b.size, alignment) for b in buffers if b.first <= k <= b.last) for k in range(len(graph.ops))]
 
 
 def naive_arena_bytes(graph: Graph, alignment: int = ALIGNMENT) -> int:
