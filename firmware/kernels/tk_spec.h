@@ -548,22 +548,6 @@ TK_INLINE void tk_dw_inside(const int8_t *base, int32_t c, const int32_t *w, con
     tk_dw_store4(a0, a1, a2, a3, ch, y, lo, hi);
 }
 
-/* As tk_dw_inside with the window's rows wherever they are (a ring): `rb` holds each row's first tap. */
-TK_INLINE void tk_dw_inside_rows(const int8_t *const *rb, int32_t c, const int32_t *w, const tk_ch_t *ch, int8_t *y,
-                                 int32_t C, int32_t KH, int32_t KW, int32_t lo, int32_t hi)
-{
-    int32_t a0 = ch[0].bias, a1 = ch[1].bias, a2 = ch[2].bias, a3 = ch[3].bias;
-#pragma GCC unroll 7
-    for (int32_t ky = 0; ky < KH; ky++) {
-        const int8_t *r = rb[ky] + c;
-#pragma GCC unroll 7
-        for (int32_t kx = 0; kx < KW; kx++) {
-            TK_DW_TAP(tk_load4(r + kx * C), w, a0, a1, a2, a3);
-        }
-    }
-    tk_dw_store4(a0, a1, a2, a3, ch, y, lo, hi);
-}
-
 /* `wt` holds the C % 4 last channels' weights as int8 [tap][C % 4]. */
 TK_INLINE void tk_dw_spec(const int8_t *in, int8_t *out0, const int32_t *w, const int8_t *wt, const tk_ch_t *ch,
                           int32_t IH, int32_t IW, int32_t C, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
@@ -613,8 +597,9 @@ TK_INLINE void tk_dw_spec(const int8_t *in, int8_t *out0, const int32_t *w, cons
 
 
 /* One output row `oy` of a depthwise layer in a fused group: the input rows from a ring of RIN rows
- * (or a whole tensor, RIN 0), the row written at `out`. The same tap and store kernels as tk_dw_spec;
- * a separate template because the ring's row pointers, even unused, cost the whole-tensor form ~3 %. */
+ * (or a whole tensor, RIN 0), the row written at `out`. A ring read here is mirrored (tk_ring_mirror):
+ * its first KH - 1 slots are copied after its last, so any KH consecutive rows are contiguous and
+ * inside windows take tk_dw_inside's constant tap offsets, as over a whole tensor. */
 TK_INLINE void tk_dw_spec_row(const int8_t *in, int8_t *out, const int32_t *w, const int8_t *wt, const tk_ch_t *ch,
                               int32_t IH, int32_t IW, int32_t C, int32_t OW, int32_t KH, int32_t KW, int32_t SH,
                               int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi, int32_t RIN,
@@ -623,32 +608,27 @@ TK_INLINE void tk_dw_spec_row(const int8_t *in, int8_t *out, const int32_t *w, c
     const int32_t TAPS = KH * KW, C4 = C & ~3;
     int8_t zrow[C];
     const int8_t *xp[TAPS];
-    const int8_t *rb[KH]; /* the window's rows; a padding row is zrow */
     memset(zrow, (int)(int8_t)zp, (size_t)C);
     const int32_t iy0 = oy * SH - PT;
     const int rows_in = iy0 >= 0 && iy0 + KH <= IH;
-    for (int32_t ky = 0; ky < KH; ky++) {
-        const int32_t iy = iy0 + ky;
-        rb[ky] = iy >= 0 && iy < IH ? TK_ROW(in, iy, RIN, IW * C) : 0;
-    }
+    const int8_t *top = rows_in ? TK_ROW(in, iy0, RIN, IW * C) : 0; /* the window's rows, contiguous */
     for (int32_t ox = 0; ox < OW; ox++, out += C) {
         const int32_t ix0 = ox * SW - PL;
         const int inside = rows_in && ix0 >= 0 && ix0 + KW <= IW;
         if (!inside || C4 < C) {
             for (int32_t ky = 0, t = 0; ky < KH; ky++) {
+                const int32_t iy = iy0 + ky;
                 for (int32_t kx = 0; kx < KW; kx++, t++) {
                     const int32_t ix = ix0 + kx;
-                    xp[t] = rb[ky] && ix >= 0 && ix < IW ? rb[ky] + ix * C : zrow;
+                    const int ok = iy >= 0 && iy < IH && ix >= 0 && ix < IW;
+                    xp[t] = ok ? TK_ROW(in, iy, RIN, IW * C) + ix * C : zrow;
                 }
             }
         }
         if (inside) {
-            const int8_t *rx[KH];
-            for (int32_t ky = 0; ky < KH; ky++) {
-                rx[ky] = rb[ky] + ix0 * C;
-            }
+            const int8_t *base = top + ix0 * C;
             for (int32_t c = 0; c < C4; c += 4) {
-                tk_dw_inside_rows(rx, c, w + (c / 4) * 2 * TAPS, ch + c, out + c, C, KH, KW, lo, hi);
+                tk_dw_inside(base, c, w + (c / 4) * 2 * TAPS, ch + c, out + c, IW, C, KH, KW, lo, hi);
             }
         } else {
             for (int32_t c = 0; c < C4; c += 4) {
@@ -661,6 +641,20 @@ TK_INLINE void tk_dw_spec_row(const int8_t *in, int8_t *out, const int32_t *w, c
                 acc += 2 * xp[t][c] * wt[t * (C - C4) + c - C4];
             }
             out[c] = tk_act(tk_rq2d(acc, &ch[c]), lo, hi);
+        }
+    }
+}
+
+/* After rows [y, y + n) of a ring of R slots (plus M mirror slots) were written: a row in one of the
+ * first M slots is copied to its mirror slot past the end, which keeps every window of M + 1 rows in
+ * one piece for tk_dw_spec_row. */
+static inline void tk_ring_mirror(int8_t *ring, int32_t y, int32_t n, int32_t H, int32_t R, int32_t M,
+                                  int32_t ROWBYTES)
+{
+    for (int32_t r = y; r < y + n && r < H; r++) {
+        const int32_t slot = r % R;
+        if (slot < M) {
+            memcpy(ring + (R + slot) * ROWBYTES, ring + slot * ROWBYTES, (size_t)ROWBYTES);
         }
     }
 }

@@ -757,7 +757,15 @@ def _group_runner(graph: Graph, plan: MemoryPlan, g: fuse.FusedGroup, gid: str) 
         ts = [t for t in op.inputs[: 2 if op.kind == "ADD" else 1]] + [op.outputs[0]]
         args = ", ".join(f"arena + {plan.offsets[t]}" for t in ts)
         n = fuse.rows_per_step(graph, op)
-        call = f"{_ident(k, op)}_row({args}, made[{i}]);\n            made[{i}] += {n};"
+        call = f"{_ident(k, op)}_row({args}, made[{i}]);"
+        t = op.outputs[0]
+        if t in g.mirror:
+            y = graph.tensors[t]
+            call += (
+                f"\n            tk_ring_mirror(arena + {plan.offsets[t]}, made[{i}], {n}, {y.shape[1]}, {g.rings[t]}, "
+                f"{g.mirror[t]}, {y.nbytes // y.shape[1]});"
+            )
+        call += f"\n            made[{i}] += {n};"
         cases.append(f"        case {i}:\n            {call}\n            break;")
     steps = ", ".join(map(str, g.steps))
     return (

@@ -32,6 +32,8 @@ class FusedGroup:
     inputs: list[int]  # whole tensors the group reads (made before it)
     output: int  # the one tensor that leaves it, whole
     row_bytes: dict[int, int] = field(default_factory=dict)  # ring tensor -> bytes a row
+    overwrites: int | None = None  # an input the output may share bytes with (see make_group)
+    mirror: dict[int, int] = field(default_factory=dict)  # ring tensor -> slots copied past its end
 
     @property
     def first(self) -> int:
@@ -42,7 +44,11 @@ class FusedGroup:
         return self.ops[-1]
 
     def ring_bytes(self) -> int:
-        return sum(self.rings[t] * self.row_bytes[t] for t in self.rings)
+        return sum(self.ring_size(t) for t in self.rings)
+
+    def ring_size(self, t: int) -> int:
+        """Bytes of tensor t's ring: its rows and the mirror slots a depthwise reader needs."""
+        return (self.rings[t] + self.mirror.get(t, 0)) * self.row_bytes[t]
 
     def describe(self) -> str:
         return f"layers {self.first}-{self.last}"
@@ -135,6 +141,8 @@ def make_group(graph: Graph, ops: list[int], geo: dict[int, tuple] | None = None
     need = {t: 0 for t in made_here if t != output}  # the most rows a ring must hold
     steps: list[int] = []
     batch = {k: rows_per_step(graph, graph.ops[k]) for k in ops}
+    reads: list[tuple[int, int, int]] = []  # (step, whole input, first row still read)
+    writes: list[tuple[int, int]] = []  # (step, output rows written once it is done)
 
     def produce(k: int) -> None:
         op = graph.ops[k]
@@ -151,6 +159,10 @@ def make_group(graph: Graph, ops: list[int], geo: dict[int, tuple] | None = None
         for t, lo in windows:  # all rows in place: the read happens now
             if t in need:
                 need[t] = max(need[t], made[t] - lo)
+            elif t not in made_here:
+                reads.append((len(steps), t, lo))
+        if op.outputs[0] == output:
+            writes.append((len(steps), y + n))
         steps.append(position[k])
         made[op.outputs[0]] += n
 
@@ -161,7 +173,38 @@ def make_group(graph: Graph, ops: list[int], geo: dict[int, tuple] | None = None
         if batch[made_here[t]] == 2 and rings[t] % 2:
             rings[t] += 1
     row_bytes = {t: graph.tensors[t].nbytes // _rows(graph.tensors[t]) for t in rings}
-    return FusedGroup(list(ops), rings, steps, inputs, output, row_bytes)
+    # A depthwise reading a ring takes its window as one piece (tk_dw_spec_row): kh - 1 mirror slots.
+    mirror = {}
+    for k in ops:
+        op = graph.ops[k]
+        if op.kind == "DEPTHWISE_CONV_2D" and op.inputs[0] in rings and geo[k][2] > 1:
+            mirror[op.inputs[0]] = geo[k][2] - 1
+    over = next((t for t in inputs if _may_overwrite(graph, t, output, ops, readers, reads, writes)), None)
+    return FusedGroup(list(ops), rings, steps, inputs, output, row_bytes, over, mirror)
+
+
+def _may_overwrite(graph: Graph, t: int, output: int, ops: list[int], readers, reads, writes) -> bool:
+    """Whether the group's output may start at input `t`'s first byte: each step's output rows must
+    lie below every byte of `t` that this or a later step still reads (a first layer at stride 2 leaves
+    the input's top behind faster than the output grows). `t` must be read by nothing after the group
+    and be no graph output, nor a RESHAPE's input or output (an alias would be read elsewhere). A graph
+    input qualifies: the runtime writes the inputs into the arena before every inference."""
+    if t in graph.outputs or any(r > ops[-1] for r in readers.get(t, [])):
+        return False
+    if any(op.kind == "RESHAPE" and t in (op.inputs[0], op.outputs[0]) for op in graph.ops):
+        return False
+    rb_in = graph.tensors[t].nbytes // _rows(graph.tensors[t])
+    rb_out = graph.tensors[output].nbytes // _rows(graph.tensors[output])
+    first_read = {}  # step -> the lowest byte of t read at that step or later
+    low = graph.tensors[t].nbytes
+    mine = sorted(((s, lo) for s, u, lo in reads if u == t), reverse=True)
+    i = 0
+    for s in range(max((w[0] for w in writes), default=0), -1, -1):
+        while i < len(mine) and mine[i][0] >= s:
+            low = min(low, mine[i][1] * rb_in)
+            i += 1
+        first_read[s] = low
+    return all(end * rb_out <= first_read[s] for s, end in writes)
 
 
 def runs(graph: Graph, can_stream: Callable[[int], bool]) -> list[list[int]]:

@@ -96,6 +96,9 @@ def buffers_of(graph: Graph, inplace: set[int] | frozenset[int] = frozenset(), f
             parent[find(op.outputs[0])] = find(src)
         elif k in inplace:
             parent[find(op.outputs[0])] = find(op.inputs[0])
+    for g in fused:  # a group output that overwrites its input's rows as they die shares its buffer
+        if g.overwrites is not None:
+            parent[find(g.output)] = find(g.overwrites)
 
     n_ops = len(graph.ops)
     first: dict[int, int] = {t: -1 for t in graph.inputs}
@@ -111,7 +114,7 @@ def buffers_of(graph: Graph, inplace: set[int] | frozenset[int] = frozenset(), f
     ring_rows: dict[int, tuple[int, int]] = {}
     for g in fused:
         for t in g.rings:
-            ring_rows[t] = (g.rings[t] * g.row_bytes[t], g.last)
+            ring_rows[t] = (g.ring_size(t), g.last)
             first[t] = g.first
         for t in g.inputs:
             last[t] = max(last.get(t, g.last), g.last)
