@@ -44,6 +44,7 @@ class BenchOptions:
     serial: str = ""  # the board's serial port as a pyserial URL (`rfc2217://HOST:PORT` on another host)
     layers: bool = False  # a profiling build: the counter stamped after every layer (per-layer figures)
     engine: str = "native"  # native | tflm-cmsis | tflm-ref (harness.engines)
+    fuse: bool = True  # the native engine may run layer chains row by row (False: the layer-by-layer plan)
 
 
 class OutputMismatch(HarnessError):
@@ -173,6 +174,7 @@ def prepare(
     step: Step = lambda *_a, **_k: None,
     profile: bool = False,
     engine: str = "native",
+    fuse: bool = True,
 ) -> Engine:
     """Make `graph` ready with `engine` and build its firmware for `board` on the chosen target; `profile`
     builds it to stamp the counter after every layer (engines with per-layer rows)."""
@@ -188,7 +190,7 @@ def prepare(
     profile = profile and tgt is not None
     spec, build = engines.prepare(
         engine, board, graph, interior, work, build=tgt is not None, qemu=kind == "qemu", opt=opt,
-        profile=profile, say=say, step=step,
+        profile=profile, say=say, step=step, fuse=fuse,
     )  # fmt: skip
     for note in spec.notes:
         say(note)
@@ -236,7 +238,16 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
 
     record["versions"] = toolchain_versions()
     engine = prepare(
-        board, graph, opts.target, opts.opt, opts.build_dir, say, step, profile=opts.layers, engine=opts.engine
+        board,
+        graph,
+        opts.target,
+        opts.opt,
+        opts.build_dir,
+        say,
+        step,
+        profile=opts.layers,
+        engine=opts.engine,
+        fuse=opts.fuse,
     )
     if opts.layers and not engine.profile:
         say("--layers: the host target counts nothing, so there are no per-layer figures")
@@ -336,21 +347,44 @@ def layer_figures(board, hello, spec, layer_ends: list[list[int]]) -> list[dict[
     spans = np.diff(ends, axis=1, prepend=0) * per
     median = np.median(spans, axis=0)
     total = float(np.median(ends[:, -1])) * per
-    rows = []
+    rows: list[dict[str, Any]] = []
     for row, value in zip(spec.layers, median, strict=True):
+        group = getattr(row, "group", None)
+        if group is not None and rows and rows[-1].get("group") == group:
+            # a fused group's layers interleave row by row: one stamp after the group, one row here
+            last = rows[-1]
+            last["layers"].append(row.index)
+            last["macs"] += row.macs
+            last["count"] += int(round(value))
+            last["output_shape"] = list(row.output_shape)
+            continue
         rows.append(
             {
                 "index": row.index,
-                "name": row.name,
-                "op": row.op,
+                "name": row.name if group is None else "fused",
+                "op": row.op if group is None else "FUSED",
                 "output_shape": list(row.output_shape),
                 "macs": row.macs,
                 "count": int(round(value)),
-                "share": float(value / total) if total else 0.0,
-                "macs_per_count": row.macs / value if value and row.macs else None,
+                **({} if group is None else {"group": group, "layers": [row.index]}),
             }
         )
+    for r in rows:
+        r["share"] = float(r["count"] / total) if total else 0.0
+        r["macs_per_count"] = r["macs"] / r["count"] if r["count"] and r["macs"] else None
     return rows
+
+
+def _fusion_figures(spec) -> dict[str, Any]:
+    """The native engine's fused groups and the layer-by-layer plan's arena beside the fused one (planned
+    bytes: the firmware built holds only one of the two)."""
+    cg = spec.host
+    if spec.engine != "native" or cg is None or not hasattr(cg, "plan"):
+        return {}
+    return {
+        "fused_groups": [g.describe() for g in cg.plan.fused],
+        "arena_unfused_bytes": cg.unfused_arena_bytes,
+    }
 
 
 def figures(board, hello, build, spec, counts: list[int], peak_stack: int, arena_hw: int) -> dict[str, Any]:
@@ -385,6 +419,7 @@ def figures(board, hello, build, spec, counts: list[int], peak_stack: int, arena
         "arena_bytes": spec.arena_bytes,
         "arena_used_bytes": spec.arena_bytes if spec.arena_used is None else spec.arena_used,
         "arena_high_water_bytes": arena_hw,
+        **_fusion_figures(spec),
         "peak_stack_bytes": peak_stack,
         "static_ram_bytes": static_ram,
         "harness_ram_bytes": build.harness,

@@ -45,7 +45,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from harness.zoo import resolve_model
 
     graph, label = resolve_model(args.model)
-    info = inspect_model(graph)
+    info = inspect_model(graph, fuse=not args.no_fuse)
+    if args.plot:
+        from harness.inspect import schedule_plot
+
+        try:
+            schedule_plot(info, args.plot)
+        except OSError as e:
+            raise HarnessError(f"cannot write the plot to {args.plot}: {e.strerror or e}") from None
     if args.json:
         _print_json(info)
         return 0
@@ -70,6 +77,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"MACs {t['macs']:,}   params {t['params']:,}   weight flash {_kib(t['weight_bytes'])}   "
         f"peak arena {_kib(t['arena_bytes'])}"
     )
+    _print_schedule(info)
+    if args.plot:
+        console.print(f"memory over the schedule drawn in {args.plot}")
     # bench's flash can be larger: the native engine widens the busiest layers' weights where the board's
     # flash has room (engines/native/spec.py), which a board-less inspect cannot know
     console.print(
@@ -147,6 +157,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         serial=args.serial,
         layers=args.layers,
         engine=args.engine,
+        fuse=not args.no_fuse,
     )
     if args.json:
         result = run_bench(opts, say=lambda msg: err_console.print(msg))
@@ -168,6 +179,59 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_bench(opts, say=lambda msg: progress.console.print(msg), step=step)
     print_bench(result)
     return 0 if result["status"] == "ok" else 1
+
+
+def _print_schedule(info: dict[str, Any]) -> None:
+    """The fused groups, and the bytes live while each layer runs in both plans."""
+    t = info["totals"]
+    if not info["fused_groups"]:
+        console.print(f"not fused: layer by layer (arena {t['arena_unfused_bytes']:,} B)")
+        return
+    rows = [
+        [
+            g["name"].removeprefix("layers "),
+            str(len(g["layers"])),
+            f"{g['line_buffer_bytes']:,}",
+            ", ".join(f"{n}" for n in g["rings"].values()),
+            "yes" if g["output_overwrites_input"] else "no",
+        ]
+        for g in info["fused_groups"]
+    ]
+    cols = ["fused layers", "n", "ring bytes", "ring rows", "output over input"]
+    console.print(_table("fused groups (run row by row; rings hold the rows a window still needs)", cols, rows, 2))
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    steps = []
+    for s in info["schedule"]:  # one row per fused group, as it runs as one
+        g = s["fused_group"]
+        if g is None:
+            steps.append((str(s["index"]), s["op"], s["live_bytes_unfused"], s["live_bytes"]))
+        elif g not in by_group:
+            by_group[g] = [s]
+            steps.append((g.removeprefix("layers "), "fused", None, None))
+        else:
+            by_group[g].append(s)
+    out = []
+    for step, op, unf, fus in steps:
+        if op == "fused":
+            members = by_group["layers " + step]
+            unf, fus = max(m["live_bytes_unfused"] for m in members), max(m["live_bytes"] for m in members)
+        out.append([step, op, f"{unf:,}", f"{fus:,}"])
+    console.print(
+        _table("memory over the schedule: bytes live per step", ["layers", "op", "layer by layer", "fused"], out, 2)
+    )
+    console.print(
+        f"peak arena {t['arena_bytes']:,} B fused, {t['arena_unfused_bytes']:,} B layer by layer "
+        f"({t['arena_unfused_bytes'] / max(t['arena_bytes'], 1):.2f}x); `--no-fuse` shows the layer-by-layer plan"
+    )
+
+
+def add_fuse_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="native engine: the layer-by-layer memory plan (by default chains of layers run row by row "
+        "where that lowers the peak SRAM)",
+    )
 
 
 def print_bench(r: dict[str, Any]) -> None:
@@ -205,6 +269,12 @@ def print_bench(r: dict[str, Any]) -> None:
         f"high water painted on device: {f['arena_high_water_bytes']:,} B"
         + ("" if used == f["arena_bytes"] else f"; TFLM arena_used_bytes() {used:,} B"),
     )
+    if f.get("fused_groups"):
+        table.add_row(
+            "  fused row by row",
+            f"{len(f['fused_groups'])} groups",
+            f"{', '.join(f['fused_groups'])}; layer by layer the plan needs {f['arena_unfused_bytes']:,} B",
+        )
     weights = "weights" if r.get("engine", "native") == "native" else "the .tflite"
     table.add_row("flash", _kib(f["flash_bytes"]), f"code+data {f['code_bytes']:,} + {weights} {f['weight_bytes']:,} B")
     table.add_row(
@@ -228,9 +298,9 @@ def print_bench(r: dict[str, Any]) -> None:
 def print_layers(layers: list[dict[str, Any]], unit: str) -> None:
     rows = [
         [
-            x["index"],
+            f"{x['layers'][0]}-{x['layers'][-1]}" if x.get("layers") else x["index"],
             x["name"],
-            x["op"],
+            f"{len(x['layers'])} fused" if x.get("layers") else x["op"],
             "x".join(map(str, x["output_shape"])),
             f"{x['macs']:,}",
             f"{x['count']:,}",
@@ -277,11 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.cli_engines import add_engine_option
 
     add_engine_option(b)
+    add_fuse_option(b)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("inspect", help="per-layer table: shapes, MACs, weights, arena plan")
     i.add_argument("model")
+    add_fuse_option(i)
+    i.add_argument("--plot", default=None, metavar="FILE.png", help="draw the memory over the schedule")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
 

@@ -102,6 +102,7 @@ CELL_FIELDS = {
     "limit": int,
     "expect_failure": str,
     "engine": str,
+    "fuse": bool,
 }
 
 
@@ -121,15 +122,17 @@ class Cell:
     limit: int | None = None  # samples of the data set
     expect_failure: str | None = None  # an error class this cell is known to fail with (e.g. DoesNotFitError)
     engine: str = "native"  # native | tflm-cmsis | tflm-ref
+    fuse: bool = True  # native engine: fused groups where they lower the peak (False: layer by layer)
     opt_in_key: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     @property
     def key(self) -> str:
-        """The cell's identity across runs: board:model, the engine unless native, and the opt level when the
-        matrix varies it."""
+        """The cell's identity across runs: board:model, the engine unless native, `:unfused` for the native
+        layer-by-layer build, and the opt level when the matrix varies it."""
         model = Path(self.model).name if self.model.endswith(".tflite") else self.model
         key = f"{self.board}:{model}" + ("" if self.engine == "native" else f":{self.engine}")
+        key += "" if self.fuse or self.engine != "native" else ":unfused"
         return f"{key}:{self.opt.lstrip('-')}" if self.opt_in_key else key
 
     @property
@@ -177,16 +180,19 @@ def parse_matrix(data: dict[str, Any], where: str = "matrix") -> Matrix:
     thresholds = Thresholds.from_dict(data.get("thresholds", {}), f"{where} [thresholds]")
     defaults = _cell_fields(data.get("defaults", {}), f"{where} [defaults]")
     axes = data.get("matrix", {})
-    unknown = set(axes) - {"boards", "models", "opt", "engines"}
+    unknown = set(axes) - {"boards", "models", "opt", "engines", "fuse"}
     if unknown:
         raise MatrixError(
-            f"{where} [matrix]: unknown key(s) {', '.join(sorted(unknown))}; known: boards, models, opt, engines"
+            f"{where} [matrix]: unknown key(s) {', '.join(sorted(unknown))}; known: boards, models, opt, engines, fuse"
         )
     boards = _str_list(axes.get("boards", []), f"{where} [matrix] boards")
     models = _str_list(axes.get("models", []), f"{where} [matrix] models")
     opts = _str_list(axes.get("opt", [defaults.get("opt", "-O2")]), f"{where} [matrix] opt")
     opt_in_key = len(opts) > 1 or "opt" in axes
     engine_axis = _str_list(axes.get("engines", [defaults.get("engine", "native")]), f"{where} [matrix] engines")
+    fuse_axis = axes.get("fuse", [defaults.get("fuse", True)])
+    if not isinstance(fuse_axis, list) or not fuse_axis or not all(isinstance(f, bool) for f in fuse_axis):
+        raise MatrixError(f"{where} [matrix] fuse must be a list of true / false, not {fuse_axis!r}")
 
     cells: dict[str, Cell] = {}
     base = {**defaults, "thresholds": thresholds, "opt_in_key": opt_in_key}
@@ -194,8 +200,9 @@ def parse_matrix(data: dict[str, Any], where: str = "matrix") -> Matrix:
         for m in models:
             for o in opts:
                 for e in engine_axis:
-                    c = Cell(board=b, model=m, **{**base, "opt": o, "engine": e})
-                    cells[c.key] = c
+                    for f in fuse_axis if e == "native" else [True]:
+                        c = Cell(board=b, model=m, **{**base, "opt": o, "engine": e, "fuse": f})
+                        cells[c.key] = c
     for i, extra in enumerate(data.get("cells", [])):
         w = f"{where} [[cells]] #{i + 1}"
         if not isinstance(extra, dict) or "board" not in extra or "model" not in extra:
@@ -207,8 +214,8 @@ def parse_matrix(data: dict[str, Any], where: str = "matrix") -> Matrix:
         merged["thresholds"] = Thresholds.from_dict(extra.get("thresholds", {}), w, thresholds)
         cells[probe.key] = Cell(**merged)
     for i, ex in enumerate(data.get("exclude", [])):
-        if not isinstance(ex, dict) or not set(ex) <= {"board", "model", "opt", "engine"} or not ex:
-            raise MatrixError(f"{where} [[exclude]] #{i + 1}: give any of board, model, opt, engine")
+        if not isinstance(ex, dict) or not set(ex) <= {"board", "model", "opt", "engine", "fuse"} or not ex:
+            raise MatrixError(f"{where} [[exclude]] #{i + 1}: give any of board, model, opt, engine, fuse")
         for k in [k for k, c in cells.items() if all(getattr(c, f) == v for f, v in ex.items())]:
             del cells[k]
     if not cells:
@@ -246,7 +253,10 @@ def _cell_fields(d: dict[str, Any], where: str) -> dict[str, Any]:
     for k, v in d.items():
         if k not in CELL_FIELDS:
             raise MatrixError(f"{where}: unknown key {k!r}; known: {', '.join(sorted(CELL_FIELDS))}")
-        if not isinstance(v, CELL_FIELDS[k]) or isinstance(v, bool):
+        if CELL_FIELDS[k] is bool:
+            if not isinstance(v, bool):
+                raise MatrixError(f"{where}: {k} = {v!r} must be true or false")
+        elif not isinstance(v, CELL_FIELDS[k]) or isinstance(v, bool):
             raise MatrixError(f"{where}: {k} = {v!r} has the wrong type")
         out[k] = v
     return out
@@ -280,6 +290,7 @@ def run_cell(cell: Cell, run_id: str, matrix: str, results_dir: str | None, buil
         build_dir=str(cell_build_dir(cell, build_dir)),
         record=False,  # recorded here, with the nightly tag
         engine=cell.engine,
+        fuse=cell.fuse,
     )
     try:
         rec = run_bench(opts)
@@ -321,6 +332,7 @@ def _cell_head(cell: Cell, run_id: str, matrix: str) -> dict[str, Any]:
         "target": cell.target,
         "dataset": cell.dataset,
         "engine": cell.engine,
+        **({} if cell.fuse else {"fuse": False}),
     }
 
 
@@ -523,7 +535,8 @@ def ratio_cells(cells: list[dict[str, Any]], run_id: str, matrix: str) -> list[d
     holding native's count over tflm-cmsis's, so our lead over CMSIS-NN is judged and plotted every night."""
     by: dict[tuple, dict[str, dict[str, Any]]] = {}
     for c in cells:
-        by.setdefault((c["board"], c["model"], c["opt"]), {})[c.get("engine", "native")] = c
+        if c.get("fuse", True):  # the default (fused) native build is the one compared with TFLM
+            by.setdefault((c["board"], c["model"], c["opt"]), {})[c.get("engine", "native")] = c
     out = []
     for (board, model, opt), engines in by.items():
         nat, tf = engines.get("native"), engines.get("tflm-cmsis")

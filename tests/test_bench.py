@@ -133,8 +133,9 @@ def test_per_layer_counts_add_up_to_the_inference(tmp_path, capsys, monkeypatch)
     from harness.model.boundary import split_boundary
     from harness.zoo import resolve_model
 
-    plain = run_bench(_opts(tmp_path, "mlperf_kws", board="qemu-m4", repetitions=2, inputs=1))
-    r = run_bench(_opts(tmp_path, "mlperf_kws", board="qemu-m4", repetitions=2, inputs=1, layers=True))
+    # the layer-by-layer build: one row per layer
+    plain = run_bench(_opts(tmp_path, "mlperf_kws", board="qemu-m4", repetitions=2, inputs=1, fuse=False))
+    r = run_bench(_opts(tmp_path, "mlperf_kws", board="qemu-m4", repetitions=2, inputs=1, layers=True, fuse=False))
     assert r["outputs_match"] and "layers" not in plain
     ops = split_boundary(resolve_model("mlperf_kws")[0])[0].ops
     layers = r["layers"]
@@ -150,11 +151,26 @@ def test_per_layer_counts_add_up_to_the_inference(tmp_path, capsys, monkeypatch)
     extra = total - plain["figures"]["count"]["median"]
     assert 0 < extra < 100 * len(layers) and "profiling build" in r["figures"]["count_note"]
 
+    # fused (the default): a group's layers interleave row by row, so it is one row covering its layers
+    f = run_bench(_opts(tmp_path, "mlperf_kws", board="qemu-m4", repetitions=2, inputs=1, layers=True))
+    assert f["figures"]["fused_groups"] and f["outputs_match"]
+    # the planner's fused arena is what the device touches (painted high water), and below layer by layer
+    assert f["figures"]["arena_high_water_bytes"] == f["figures"]["arena_bytes"] < f["figures"]["arena_unfused_bytes"]
+    rows = f["layers"]
+    assert [k for x in rows for k in x.get("layers", [x["index"]])] == list(range(len(ops)))
+    assert {x["op"] for x in rows if "layers" in x} == {"FUSED"} and all(
+        len(x["layers"]) > 1 for x in rows if "layers" in x
+    )
+    assert 0 <= f["figures"]["count"]["median"] - sum(x["count"] for x in rows) <= 80
+
     monkeypatch.setenv("HARNESS_BUILD_DIR", str(tmp_path / "build"))  # the same cache: no rebuild
-    assert main(["bench", "--board", "qemu-m4", "--model", "mlperf_kws", "--layers", "-m", "1", "-n", "1",
-                 "--results", str(tmp_path / "results")]) == 0  # fmt: skip
+    args = ["bench", "--board", "qemu-m4", "--model", "mlperf_kws", "--layers", "-m", "1", "-n", "1"]
+    assert main([*args, "--no-fuse", "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
-    assert "per layer" in out and layers[0]["name"] in out
+    assert "per layer" in out and layers[0]["name"] in out and "fused row" not in out
+    assert main([*args, "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "fused row" in out and f"{len(f['figures']['fused_groups'])} groups" in out
 
 
 def test_layer_figures_without_stamps_are_a_clear_error():

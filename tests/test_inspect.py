@@ -62,3 +62,37 @@ def test_shared_models(shared_model_path):
     assert len(info["layers"]) == len(g.ops)
     assert info["totals"]["macs"] == g.macs()
     assert info["totals"]["peak_live_bytes"] <= info["totals"]["arena_bytes"]
+
+
+def test_fused_groups_and_the_memory_over_the_schedule():
+    from harness.zoo import resolve_model
+
+    info = inspect_model(resolve_model("mcunet_vww0")[0])
+    t = info["totals"]
+    assert info["fused_groups"] and t["arena_bytes"] < t["arena_unfused_bytes"]
+    assert t["line_buffer_bytes"] == sum(g["line_buffer_bytes"] for g in info["fused_groups"]) > 0
+    in_groups = {k for g in info["fused_groups"] for k in g["layers"]}
+    assert {r["index"] for r in info["layers"] if r["fused_group"]} == in_groups
+    sched = info["schedule"]
+    assert [s["index"] for s in sched] == list(range(t["layers"]))
+    assert max(s["live_bytes"] for s in sched) <= t["arena_bytes"]
+    assert max(s["live_bytes_unfused"] for s in sched) <= t["arena_unfused_bytes"]
+    assert info["considered"][0]["schedule"] == "layer by layer"
+    json.dumps(info)
+    plain = inspect_model(resolve_model("mcunet_vww0")[0], fuse=False)
+    assert plain["fused_groups"] == [] and plain["totals"]["arena_bytes"] == t["arena_unfused_bytes"]
+
+
+def test_inspect_cli_draws_the_schedule_and_refuses_an_unwritable_plot(tmp_path, capsys):
+    from harness.cli import main
+
+    png = tmp_path / "memory.png"
+    assert main(["inspect", "mcunet_vww0", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "memory over the schedule" in out
+    assert "fused groups" in out
+    assert main(["inspect", "mcunet_vww0", "--no-fuse"]) == 0
+    assert "not fused: layer by layer" in capsys.readouterr().out
+    assert main(["inspect", "mcunet_vww0", "--plot", str(tmp_path / "no" / "dir" / "m.png")]) != 0
+    captured = capsys.readouterr()
+    assert "cannot write the plot" in captured.err + captured.out and "Traceback" not in captured.err

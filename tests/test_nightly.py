@@ -313,3 +313,54 @@ def test_ratio_cells_pair_native_with_tflm_cmsis_and_judge_the_ratio():
     # a TFLM cell's deviation is noted, never a failure
     v = compare_cell(cells[1], cells[1], th)
     assert v["status"] == "ok" and any("finding about tflm-cmsis" in n for n in v["notes"])
+
+
+def test_fuse_is_an_axis_and_a_cell_field_and_the_unfused_build_has_its_own_key():
+    m = parse_matrix(
+        {
+            "name": "t",
+            "matrix": {
+                "boards": ["qemu-m4"],
+                "models": ["mlperf_ad"],
+                "engines": ["native", "tflm-cmsis"],
+                "fuse": [True, False],
+            },  # fmt: skip
+            "cells": [{"board": "qemu-m4", "model": "digits_cnn", "fuse": False}],
+        }
+    )
+    by = {c.key: c for c in m.cells}
+    # the fused build keeps the old key (old baselines hold); the engine axis does not multiply TFLM
+    assert sorted(by) == ["qemu-m4:digits_cnn:unfused", "qemu-m4:mlperf_ad", "qemu-m4:mlperf_ad:tflm-cmsis",
+                          "qemu-m4:mlperf_ad:unfused"]  # fmt: skip
+    assert by["qemu-m4:mlperf_ad"].fuse and not by["qemu-m4:mlperf_ad:unfused"].fuse
+    with pytest.raises(MatrixError, match="true or false"):
+        parse_matrix({"name": "t", "matrix": {"boards": ["qemu-m4"], "models": ["mlperf_ad"]}, "defaults": {"fuse": 1}})
+    with pytest.raises(MatrixError, match="fuse must be a list"):
+        parse_matrix({"name": "t", "matrix": {"boards": ["qemu-m4"], "models": ["mlperf_ad"], "fuse": "no"}})
+
+
+def test_the_default_matrix_tracks_fused_and_unfused_vww_models():
+    from pathlib import Path
+
+    m = nightly.load_matrix(Path(__file__).resolve().parent.parent / "nightly.toml")
+    unfused = {c.model for c in m.cells if not c.fuse}
+    assert {"mlperf_vww", "mbv2_vww", "mcunet_vww0", "mcunet_vww1", "mcunet_vww2"} <= unfused
+    assert all(any(f.fuse and f.board == c.board and f.model == c.model for f in m.cells) for c in m.cells)
+
+
+def test_the_tflm_ratio_pairs_the_fused_native_build():
+    from harness.nightly import RATIO, ratio_cells
+
+    def cell(engine, count, fuse=True):
+        c = {"cell": "b:m", "board": "b", "model": "m", "opt": "-O2", "engine": engine, "status": "ok",
+             "metrics": {"instructions": count, "count_source": "qemu-icount"}}  # fmt: skip
+        if engine != "native":
+            c["cell"] = f"b:m:{engine}"
+        return {**c, **({} if fuse else {"fuse": False, "cell": "b:m:unfused"})}
+
+    for order in (
+        [cell("native", 900), cell("native", 800, fuse=False)],
+        [cell("native", 800, fuse=False), cell("native", 900)],
+    ):
+        (r,) = ratio_cells([*order, cell("tflm-cmsis", 1000)], "run", "mx")
+        assert r["metrics"][RATIO] == 0.9

@@ -57,13 +57,25 @@ def parse_list(text: str) -> list[str]:
 
 
 def prepare(
-    name: str, board, graph, interior, work: Path, *, build: bool, qemu: bool, opt: str, profile: bool, say, step
+    name: str,
+    board,
+    graph,
+    interior,
+    work: Path,
+    *,
+    build: bool,
+    qemu: bool,
+    opt: str,
+    profile: bool,
+    say,
+    step,
+    fuse: bool = True,
 ):
     """(EngineSpec, BuildResult | None) for `interior` (the int8 graph the device runs) on `board`; `build`
     False asks only for what the host target needs (the native engine's C)."""
     check(name)
     if name == "native":
-        return _native(board, interior, work, build=build, qemu=qemu, opt=opt, profile=profile, step=step)
+        return _native(board, interior, work, build=build, qemu=qemu, opt=opt, profile=profile, step=step, fuse=fuse)
     if not build:
         raise HarnessError(
             f"the {name} engine runs on a board or its QEMU fallback, not on the host target: use --target qemu"
@@ -71,18 +83,19 @@ def prepare(
     return _tflm(name, board, graph, interior, work, qemu=qemu, opt=opt, profile=profile, say=say, step=step)
 
 
-def _native(board, interior, work: Path, *, build: bool, qemu: bool, opt: str, profile: bool, step):
+def _native(board, interior, work: Path, *, build: bool, qemu: bool, opt: str, profile: bool, step, fuse=True):
     from harness.build import build_firmware
     from harness.engines.native import generate
 
     step("generating C")
-    cg = generate(interior, work / "model", dsp=board.dsp, flash_bytes=board.flash_bytes)
+    src = work / ("model" if fuse else "model-unfused")  # parallel cells may build both forms of one model
+    cg = generate(interior, src, dsp=board.dsp, flash_bytes=board.flash_bytes, fuse=fuse)
     spec = EngineSpec("native", cg.inputs, cg.outputs, cg.arena_bytes, cg.weight_bytes, cg.macs, cg.layers, cg)
     if not build:
         return spec, None
     step("building firmware")
     result = build_firmware(
-        work / "model", board, qemu=qemu, opt=opt, cache_dir=work / "fw",
+        src, board, qemu=qemu, opt=opt, cache_dir=work / "fw",
         input_bytes=sum(s.bytes for s in cg.inputs),
         extra_cflags=("-DHARNESS_LAYER_PROFILE=1",) if profile else (),
     )  # fmt: skip

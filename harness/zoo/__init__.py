@@ -116,7 +116,7 @@ def export(name: str, path: str | Path) -> Path:
 def models_table() -> list[dict]:
     """One row per zoo model: shapes, MACs, params, weight flash, the planner's arena and the boards it fits."""
     from harness.boards import load_boards
-    from harness.engines.native.planner import plan_memory
+    from harness.engines.native.emit import analyse
     from harness.model.boundary import split_boundary
 
     boards = [b for b in load_boards().values() if not b.is_qemu]
@@ -124,7 +124,7 @@ def models_table() -> list[dict]:
     for name in sorted(ZOO):
         entry, graph = ZOO[name], build(name)
         interior = split_boundary(graph)[0]
-        arena = plan_memory(interior).arena_bytes
+        arena = analyse(interior, fuse_layers=True)[0].arena_bytes  # the plan bench builds (fused groups)
         weights = graph.weight_bytes()
         # An estimate for the table: ~40 KiB of code and ~12 KiB of stack and runtime beside the weights and
         # the arena. `harness bench` measures the real figures from the ELF and the device.

@@ -70,6 +70,7 @@ class LayerRow:
     activation_bytes: int  # bytes of its activation inputs and output
     input_offsets: list[int | None]  # arena offsets of its inputs (None: a constant)
     output_offset: int
+    group: str | None = None  # the fused group it runs in ("layers 3-5"), profiled as one
 
 
 @dataclass
@@ -88,6 +89,8 @@ class CodegenResult:
     macs: int
     dsp: bool = False
     graph: Graph | None = field(default=None, repr=False)
+    unfused_arena_bytes: int = 0  # the layer-by-layer plan's arena (= arena_bytes when nothing is fused)
+    fusion: fuse.Choice | None = None  # the planner's choice and the schedules it considered (None: --no-fuse)
 
 
 # --- C text helpers ----------------------------------------------------------------------------------
@@ -580,14 +583,20 @@ def _tensor_entry(s: IOSpec) -> str:
     )
 
 
-def analyse(graph: Graph) -> tuple[MemoryPlan, list[LayerRow]]:
+def analyse(graph: Graph, fuse_layers: bool = False) -> tuple[MemoryPlan, list[LayerRow]]:
     """The memory plan and per-layer rows of an int8 interior graph, without emitting code (weight
-    bytes here count the raw weight tensors; `generate` counts what it emits)."""
+    bytes here count the raw weight tensors; `generate` counts what it emits). With `fuse_layers`, the
+    plan `generate` makes: its fused groups in `plan.fused`, the choice in `plan.choice`."""
     _check_ops(graph)
-    plan = plan_memory(graph)
+    choice = _choose_fusion(graph, set()) if fuse_layers else None
+    plan = plan_memory(graph, fused=choice.groups if choice else ())
+    plan.choice = choice
+    group_of = {k: g for g in plan.fused for k in g.ops}
     rows = []
     for k, op in enumerate(graph.ops):
         rows.append(_row(graph, plan, k, op, sum(graph.tensors[t].nbytes for t in op.inputs[1:] if _const(graph, t))))
+        if k in group_of:
+            rows[-1].group = group_of[k].describe()
     return plan, rows
 
 
@@ -691,6 +700,8 @@ def generate_files(
         extra = (f", {layer.note}" if layer.note else "") + (f", {macs} MACs" if macs else "")
         decls.append(f"/* layer {k}: {op.kind} {c_string(op.name)} */\n" + "".join(layer.decls))
         rows.append(_row(interior, plan, k, op, layer.weight_bytes))
+        if g is not None:
+            rows[-1].group = g.describe()
         if g is None:
             body.append(head + extra + " */")
             body += [f"    {c}" for c in layer.calls]
@@ -730,6 +741,8 @@ def generate_files(
         macs=macs,
         dsp=dsp,
         graph=interior,
+        unfused_arena_bytes=choice.unfused_arena if choice else plan.arena_bytes,
+        fusion=choice,
     )
 
 

@@ -51,6 +51,7 @@ class MemoryPlan:
     lifetimes: dict[int, tuple[int, int]] = field(default_factory=dict)  # tensor index -> (first, last)
     inplace: dict[int, int] = field(default_factory=dict)  # in-place depthwise op -> its scratch offset
     fused: list = field(default_factory=list)  # fuse.FusedGroup, in execution order
+    choice: object = None  # fuse.Choice that chose `fused`, where the generator searched (analyse, generate)
 
     def buffer_of(self, tensor: int) -> Buffer:
         for b in self.buffers:
