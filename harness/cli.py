@@ -219,6 +219,9 @@ def _print_schedule(info: dict[str, Any]) -> None:
     console.print(
         _table("memory over the schedule: bytes live per step", ["layers", "op", "layer by layer", "fused"], out, 2)
     )
+    if info.get("considered"):
+        rows = [[c["schedule"], f"{c['bytes']:,}"] for c in info["considered"]]
+        console.print(_table("schedules the planner compared (bytes: the busiest step's)", ["schedule", "bytes"], rows))
     console.print(
         f"peak arena {t['arena_bytes']:,} B fused, {t['arena_unfused_bytes']:,} B layer by layer "
         f"({t['arena_unfused_bytes'] / max(t['arena_bytes'], 1):.2f}x); `--no-fuse` shows the layer-by-layer plan"

@@ -37,9 +37,18 @@ class Buffer:
     last: int  # index of the last op that reads it; len(ops) for a graph output
     offset: int = -1
     scratch_of: int | None = None  # the op whose kernel scratch this is (no tensor)
+    # (first, last, bytes) of each member tensor, where they differ: a fused group's output that overwrites
+    # its input holds the input's bytes only until the group ends
+    members: list[tuple[int, int, int]] = field(default_factory=list)
 
     def overlaps_in_time(self, other: Buffer) -> bool:
         return self.first <= other.last and other.first <= self.last
+
+    def size_during(self, a: int, b: int) -> int:
+        """The bytes it holds at some moment of ops [a, b] (its size, unless its members' differ)."""
+        if not self.members:
+            return self.size
+        return max((s for f, l_, s in self.members if f <= b and a <= l_), default=0)
 
 
 @dataclass
@@ -61,7 +70,7 @@ class MemoryPlan:
 
     def live_bytes_at(self, op_index: int) -> int:
         """Bytes of the buffers alive while op `op_index` runs (unaligned sizes)."""
-        return sum(b.size for b in self.buffers if b.first <= op_index <= b.last)
+        return sum(b.size_during(op_index, op_index) for b in self.buffers if b.first <= op_index <= b.last)
 
     def check(self) -> None:
         """Raise AssertionError if two simultaneously-live buffers overlap or one leaves the arena."""
@@ -70,7 +79,8 @@ class MemoryPlan:
             assert a.offset + a.size <= self.arena_bytes, f"buffer {a.tensors} leaves the arena"
             for b in self.buffers[i + 1 :]:
                 if a.overlaps_in_time(b):
-                    apart = a.offset + a.size <= b.offset or b.offset + b.size <= a.offset
+                    lo, hi = max(a.first, b.first), min(a.last, b.last)
+                    apart = a.offset + a.size_during(lo, hi) <= b.offset or b.offset + b.size_during(lo, hi) <= a.offset
                     assert apart, f"live buffers {a.tensors} and {b.tensors} overlap in the arena"
 
 
@@ -131,12 +141,16 @@ def buffers_of(graph: Graph, inplace: set[int] | frozenset[int] = frozenset(), f
         f, l_ = first.get(t, -1), last.get(t, first.get(t, -1))
         b = groups.get(root)
         if b is None:
-            groups[root] = Buffer([t], size, f, max(l_, f))
+            b = groups[root] = Buffer([t], size, f, max(l_, f))
         else:
             b.tensors.append(t)
             b.size = max(b.size, size)
             b.first = min(b.first, f)
             b.last = max(b.last, l_)
+        b.members.append((f, max(l_, f), size))
+    for b in groups.values():
+        if len({s for _, _, s in b.members}) < 2:
+            b.members = []  # one size throughout (RESHAPE aliases, in-place depthwise)
     scratch = []
     for k in sorted(inplace):
         y = graph.tensors[graph.ops[k].outputs[0]]
@@ -176,20 +190,21 @@ def _place(buffers: list[Buffer], order: list[int], alignment: int) -> int:
             gap = p.offset - end
             if gap >= need and (best is None or gap < best[0]):
                 best = (gap, end)
-            end = max(end, p.offset + align(p.size, alignment))
+            end = max(end, p.offset + align(p.size_during(b.first, b.last), alignment))
         b.offset = best[1] if best is not None else end
         top = max(top, b.offset + need)
         placed.append(b)
     return top
 
 
-def _gaps(busy: list[Buffer], alignment: int) -> list[tuple[int, int]]:
-    """Free [start, end) ranges between the given placed buffers (the last one is unbounded)."""
+def _gaps(busy: list[Buffer], alignment: int, during: tuple[int, int]) -> list[tuple[int, int]]:
+    """Free [start, end) ranges between the given placed buffers during ops `during` (the last range is
+    unbounded)."""
     gaps, end = [], 0
     for p in sorted(busy, key=lambda p: p.offset):
         if p.offset > end:
             gaps.append((end, p.offset))
-        end = max(end, p.offset + align(p.size, alignment))
+        end = max(end, p.offset + align(p.size_during(*during), alignment))
     gaps.append((end, 1 << 62))
     return gaps
 
@@ -203,7 +218,7 @@ def _place_two_ended(buffers: list[Buffer], target: int, alignment: int) -> int:
     for b in sorted(buffers, key=lambda b: (b.first, -b.size)):
         need = align(b.size, alignment)
         busy = [p for p in placed if p.overlaps_in_time(b)]
-        gaps = _gaps(busy, alignment)
+        gaps = _gaps(busy, alignment, (b.first, b.last))
         bottom = next((g0 for g0, g1 in gaps if g1 - g0 >= need), None)
         high = None
         for g0, g1 in reversed(gaps):
@@ -258,7 +273,10 @@ def _plan(graph: Graph, alignment: int, inplace: frozenset[int], fused=()) -> Me
     ]
     best_top, best_offsets = None, None
     lower = max(
-        (sum(align(b.size, alignment) for b in buffers if b.first <= k <= b.last) for k in range(-1, n_ops + 1)),
+        (
+            sum(align(b.size_during(k, k), alignment) for b in buffers if b.first <= k <= b.last)
+            for k in range(-1, n_ops + 1)
+        ),
         default=0,
     )
     attempts = [lambda o=o: _place(buffers, o, alignment) for o in orders]
@@ -285,7 +303,10 @@ def live_bytes(graph: Graph, fused=(), alignment: int = ALIGNMENT) -> list[int]:
     """Aligned bytes live while each op runs, with the given fused groups and no in-place layers: the
     lower bound of any placement, op by op (what fuse.choose compares)."""
     buffers = buffers_of(graph, frozenset(), fused)
-    return [sum(align(b.size, alignment) for b in buffers if b.first <= k <= b.last) for k in range(len(graph.ops))]
+    return [
+        sum(align(b.size_during(k, k), alignment) for b in buffers if b.first <= k <= b.last)
+        for k in range(len(graph.ops))
+    ]
 
 
 def naive_arena_bytes(graph: Graph, alignment: int = ALIGNMENT) -> int:
