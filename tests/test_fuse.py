@@ -133,7 +133,16 @@ def test_overwriting_the_input_is_proven_by_the_schedule():
     c = Chain(np.random.default_rng(0), (16, 16, 3))
     c.conv(8, 3, 2)  # stride 2: the input's rows die faster than the output's are written
     c.conv(0, 3, 1, dw=True)
-    assert fuse.make_group(c.graph(), [0, 1]).overwrites == 0
+    c.conv(4)  # reads the group's output after it
+    g = c.graph()
+    grp = fuse.make_group(g, [0, 1])
+    assert grp.overwrites == 0
+    # one buffer for both, holding the input's bytes only while the group runs
+    plan = plan_memory(g, fused=[grp])
+    plan.check()
+    buf = plan.buffer_of(grp.output)
+    assert plan.offsets[0] == plan.offsets[grp.output] and buf is plan.buffer_of(0)
+    assert buf.size_during(0, 1) == 16 * 16 * 3 and buf.size_during(2, 2) == 8 * 8 * 8
     c = Chain(np.random.default_rng(0), (8, 8, 4))
     c.conv(16)  # four times the bytes a row: it would overwrite rows still to be read
     c.conv(0, 3, 1, dw=True)
@@ -154,7 +163,9 @@ def test_the_choice_lowers_the_peak_of_inverted_residual_blocks():
     g = block_graph(np.random.default_rng(1))
     choice = emit._choose_fusion(g, set())
     assert choice.groups and choice.arena < choice.unfused_arena
-    assert choice.arena == plan_memory(g, fused=choice.groups).arena_bytes
+    plan = plan_memory(g, fused=choice.groups)
+    plan.check()
+    assert choice.arena == plan.arena_bytes
     assert max(live_bytes(g, choice.groups)) <= choice.arena
 
 
