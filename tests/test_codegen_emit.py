@@ -32,7 +32,7 @@ def maxpool_graph(model_name: str, layer_name: str) -> tuple[Graph, Op]:
         Tensor("in", (1, 4, 4, 2), "int8", q(0.5, -3)),
         Tensor("out", (1, 2, 2, 2), "int8", q(0.5, -3)),
     ]
-    op = Op("MAX_POOL_2D", [0], [1], {}, name=layer_name)
+    op = Op("MAX_POOL_2D", [0], [1], {"filter": (2, 2), "stride": (2, 2), "padding": "VALID"}, name=layer_name)
     return Graph(model_name, tensors, [op], [0], [1]), op
 
 

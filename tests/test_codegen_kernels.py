@@ -163,7 +163,8 @@ def test_conv_kernels_match_tflite_arithmetic(case, in_zp, wide, table, tmp_path
         Tensor("y", (1, oh, ow, oc), "int8", q(0.1, -3)),
     ]
     kind = "DEPTHWISE_CONV_2D" if dw else "CONV_2D"
-    op = Op(kind, [0, 1, 2], [3], {}, name=f"{kind.lower()} layer")
+    opts = {"stride": stride, "dilation": dil, "padding": padding, "depth_multiplier": m}
+    op = Op(kind, [0, 1, 2], [3], opts, name=f"{kind.lower()} layer")
     g = Graph("conv_case", tensors, [op], [0], [3])
     mult, shift = rand_rq(rng, oc)
     p = P.ConvParams(-in_zp, -3, mult, shift, -100, 90, stride, dil, (pt, pl), m)
@@ -261,7 +262,7 @@ def test_pools(kind, geom, table, tmp_path):
     oh, pt = conv_out_size(ih, fh, sh, 1, padding)
     ow, pl = conv_out_size(iw, fw, sw, 1, padding)
     tensors = [Tensor("x", (1, ih, iw, c), "int8", q()), Tensor("y", (1, oh, ow, c), "int8", q())]
-    op = Op(kind, [0], [1], {}, name="pool")
+    op = Op(kind, [0], [1], {"filter": (fh, fw), "stride": (sh, sw), "padding": padding}, name="pool")
     g = Graph("pool", tensors, [op], [0], [1])
     p = P.PoolParams((fh, fw), (sh, sw), (pt, pl), -100, 120)
     table.by_op[id(op)] = p
@@ -361,7 +362,7 @@ def test_requantization_paths_with_small_shifts(kind, k, shifts, fast, table, tm
         Tensor("b", (c,), "int32", q(0.0002), rng.integers(-300, 300, size=c, dtype=np.int32)),
         Tensor("y", (1, 5, 5, c), "int8", q(0.1, 1)),
     ]
-    op = Op(kind, [0, 1, 2], [3], {}, name="conv")
+    op = Op(kind, [0, 1, 2], [3], {"stride": (1, 1), "padding": "SAME"}, name="conv")
     g = Graph("general_rq", tensors, [op], [0], [3])
     mult = rng.integers(2**22, 2**24, size=c)
     shift = np.array(list(shifts) * (c // 2))

@@ -90,7 +90,8 @@ def mixed_graph(rng):
         t.append(Tensor(f"w{x}", wshape, "int8", q(0.01), rng.integers(-128, 128, wshape, dtype=np.int8)))
         t.append(Tensor(f"b{x}", (oc,), "int32", q(0.0005), rng.integers(-3000, 3000, oc, dtype=np.int32)))
         t.append(Tensor(f"y{x}", (1, oh, oh, oc), "int8", q(0.05, 3)))
-        ops.append(Op(kind, [x, x + 1, x + 2], [x + 3], {}, name=f"{kind.lower()}{x}"))
+        opts = {"stride": (stride, stride), "padding": "SAME", "depth_multiplier": 1}
+        ops.append(Op(kind, [x, x + 1, x + 2], [x + 3], opts, name=f"{kind.lower()}{x}"))
         mult = rng.integers(2**30, 2**31 - 1, size=oc)
         shift = rng.integers(-12, -8, size=oc)
         params.append(
@@ -202,7 +203,8 @@ def spec_graph(rng):
         t.append(Tensor(f"w{x}", wshape, "int8", q(0.01), rng.integers(-128, 128, wshape, dtype=np.int8)))
         t.append(Tensor(f"b{x}", (oc,), "int32", q(0.0005), bias))
         t.append(Tensor(f"y{x}", (1, oh, oh, oc), "int8", q(0.05, 3)))
-        ops.append(Op(kind, [x, x + 1, x + 2], [x + 3], {}, name=f"{kind.lower()}{x}"))
+        opts = {"stride": (stride, stride), "padding": "SAME", "depth_multiplier": m}
+        ops.append(Op(kind, [x, x + 1, x + 2], [x + 3], opts, name=f"{kind.lower()}{x}"))
         in_off = 7 if x == 0 else -3
         params.append(P.ConvParams(in_off, 3, mult, shift, *act, (stride, stride), (1, 1), (pad, pad), m))
 

@@ -29,7 +29,7 @@ def small_cnn() -> Graph:
     ]
     ops = [
         Op("CONV_2D", [0, 1, 2], [3], {"stride": (1, 1), "padding": "SAME"}, name="conv"),
-        Op("MAX_POOL_2D", [3], [4], {}, name="pool"),
+        Op("MAX_POOL_2D", [3], [4], {"filter": (2, 2), "stride": (2, 2), "padding": "VALID"}, name="pool"),
         Op("RESHAPE", [4], [5], {}, name="flatten"),
         Op("FULLY_CONNECTED", [5, 6, -1], [7], {}, name="fc"),
     ]

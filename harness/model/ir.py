@@ -177,8 +177,9 @@ class Graph:
         return sum(self.tensors[t].size for t in seen)
 
     def validate(self) -> None:
-        """Check the structural invariants every stage relies on (indices in range, ops topologically
-        ordered, constants with data of their declared shape)."""
+        """Check the invariants every stage relies on: indices in range, ops topologically ordered,
+        constants with data of their declared shape, then (checks.py) every op's shapes, inputs,
+        quantization, options and sizes."""
         n = len(self.tensors)
         written: set[int] = set(self.inputs)
         for t in self.inputs + self.outputs:
@@ -204,6 +205,9 @@ class Graph:
         for t in self.outputs:
             if t not in written:
                 raise MalformedModelError(f"graph output {t} '{self.tensors[t].name}' is never written")
+        from harness.model.checks import check_graph
+
+        check_graph(self)  # what each op's semantics imply: shapes, quantization, options, sizes
 
 
 def conv_out_size(in_size: int, kernel: int, stride: int, dilation: int, padding: str) -> tuple[int, int]:

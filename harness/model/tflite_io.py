@@ -21,6 +21,7 @@ from tflite.Padding import Padding
 from tflite.TensorType import TensorType as TT
 
 from harness.errors import MalformedModelError, UnsupportedModelError
+from harness.model.checks import MAX_FILE_BYTES, REQUIRED_INPUTS
 from harness.model.ir import ACTIVATIONS, SUPPORTED_OPS, Graph, Op, Quant, Tensor
 
 _TYPE_NAMES = {
@@ -55,18 +56,47 @@ def load_model(source: str | Path | bytes, name: str | None = None) -> Graph:
     if isinstance(source, bytes | bytearray):
         data = bytes(source)
         label = name or "model"
+        if len(data) > MAX_FILE_BYTES:
+            raise MalformedModelError(f"{label}: {len(data):,} bytes, more than any microcontroller model")
     else:
         path = Path(source)
-        if not path.is_file():
-            raise MalformedModelError(f"{path}: no such file")
-        data = path.read_bytes()
+        data = _read_file(path)
         label = name or path.stem
     try:
         return _read(data, label)
     except (MalformedModelError, UnsupportedModelError):
         raise
-    except (IndexError, struct.error, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+    except (IndexError, struct.error, ValueError, TypeError, AttributeError, UnicodeDecodeError, OverflowError) as e:
         raise MalformedModelError(f"{label}: the flatbuffer is corrupt or truncated ({type(e).__name__}: {e})") from e
+    except MemoryError:
+        raise MalformedModelError(f"{label}: the flatbuffer declares more data than it could hold: corrupt") from None
+
+
+def _read_file(path: Path) -> bytes:
+    """The file's bytes, after checking what it is and its size (a model followed by gigabytes of junk,
+    or a device file, is refused before anything is read)."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MalformedModelError(f"{path}: no such file") from None
+    except OSError as e:
+        raise MalformedModelError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MalformedModelError(f"{path} is a folder, not a .tflite file")
+    if not stat.S_ISREG(st.st_mode):
+        raise MalformedModelError(f"{path} is not a regular file (a device, FIFO or socket): give a .tflite file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise MalformedModelError(
+            f"{path}: {st.st_size:,} bytes, more than any microcontroller model ({MAX_FILE_BYTES:,}): not a model?"
+        )
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise MalformedModelError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def _read(data: bytes, label: str) -> Graph:
@@ -110,7 +140,15 @@ def _read(data: bytes, label: str) -> Graph:
                 raise MalformedModelError(f"{label}: op {k} ({kind}) names tensor {t}, out of range")
         if not outs:
             raise MalformedModelError(f"{label}: op {k} ({kind}) has no output")
-        options = _read_options(kind, o, ins, tensors, k, label)
+        need = REQUIRED_INPUTS.get(kind, 1)
+        if len(ins) < need or any(t < 0 for t in ins[:need]):
+            raise MalformedModelError(f"{label}: op {k} ({kind}) lacks a required input (inputs {ins})")
+        try:
+            options = _read_options(kind, o, ins, tensors, k, label)
+        except MalformedModelError as e:
+            if not str(e).startswith("its options"):
+                raise
+            raise MalformedModelError(f"{label}: op {k} ({kind}): {e}") from None
         # RESHAPE's shape and MEAN's axes live in options; PAD's paddings too. Their constant inputs stay
         # listed so the graph keeps the file's structure, and the writer re-creates them when absent.
         ops.append(Op(kind, ins, outs, options, name=tensors[outs[0]].name or f"{kind.lower()}_{k}"))
@@ -186,10 +224,29 @@ def _read_tensor(model, t, index: int, nbuf: int, data: bytes, label: str) -> Te
     return Tensor(name, shape, dtype, quant, values)
 
 
+# The options table each op reads, by its BuiltinOptions type code (a table of another type would be
+# read with the wrong field layout).
+_OPTION_TYPES = {
+    "Conv2DOptions": BOpt.Conv2DOptions,
+    "DepthwiseConv2DOptions": BOpt.DepthwiseConv2DOptions,
+    "FullyConnectedOptions": BOpt.FullyConnectedOptions,
+    "Pool2DOptions": BOpt.Pool2DOptions,
+    "AddOptions": BOpt.AddOptions,
+    "ConcatenationOptions": BOpt.ConcatenationOptions,
+    "SoftmaxOptions": BOpt.SoftmaxOptions,
+    "ReducerOptions": BOpt.ReducerOptions,
+}
+
+
 def _opts(table_cls, o):
     table = o.BuiltinOptions()
     if table is None:
         return None
+    want = _OPTION_TYPES[table_cls.__name__]
+    if o.BuiltinOptionsType() != want:
+        raise MalformedModelError(
+            f"its options are of type {o.BuiltinOptionsType()}, not {table_cls.__name__} ({want})"
+        )
     obj = table_cls()
     obj.Init(table.Bytes, table.Pos)
     return obj
@@ -323,9 +380,11 @@ def save_model(graph: Graph, path: str | Path) -> Path:
     return path
 
 
-def to_tflite_bytes(graph: Graph) -> bytes:
-    """Serialise a Graph IR as a TFLite flatbuffer (schema version 3) that the interpreter loads."""
-    graph.validate()
+def to_tflite_bytes(graph: Graph, check: bool = True) -> bytes:
+    """Serialise a Graph IR as a TFLite flatbuffer (schema version 3) that the interpreter loads.
+    `check=False` writes a graph that does not validate (the fuzz tests make hostile files with it)."""
+    if check:
+        graph.validate()
     tensors = list(graph.tensors)
     ops = [_with_const_inputs(graph, op, tensors) for op in graph.ops]
     b = flatbuffers.Builder(1024 + sum(t.nbytes for t in tensors if t.is_const))
