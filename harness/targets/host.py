@@ -97,3 +97,60 @@ class HostModel:
         except OSError as e:  # pragma: no cover - a crash in C usually kills the process instead
             raise TargetError(f"model_run failed in the host library: {e}") from e
         return [self.arena[s.offset : s.offset + s.bytes].copy().reshape(s.shape) for s in self.codegen.outputs]
+
+
+# A main() for the sanitized build: the arena image in on stdin, the output tensors out on stdout.
+_SANITIZED_MAIN = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "model.h"
+int main(void)
+{
+    /* exactly the arena's bytes (malloc's blocks are 16-byte aligned on 64-bit hosts, as the ABI wants) */
+    int8_t *arena = malloc(MODEL_ARENA_BYTES);
+    if (!arena || ((uintptr_t)arena & 15) != 0 || fread(arena, 1, MODEL_ARENA_BYTES, stdin) != MODEL_ARENA_BYTES) {
+        free(arena);
+        return 3;
+    }
+    model_run(arena);
+    for (int i = 0; i < MODEL_NUM_OUTPUTS; i++) {
+        fwrite(arena + model_outputs[i].offset, 1, model_outputs[i].bytes, stdout);
+    }
+    free(arena);
+    return 0;
+}
+"""
+
+SANITIZE_FLAGS = ["-O1", "-g", "-std=c99", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+                  "-fno-sanitize-recover=all"]  # fmt: skip
+
+
+def run_sanitized(cg: CodegenResult, inputs: list[np.ndarray], work: Path, cc: str = "gcc") -> list[np.ndarray]:
+    """Build `cg` as a host executable under AddressSanitizer and UBSan (the arena is its own heap block,
+    so a read or write past it is reported) and run one inference. Raises TargetError with the
+    sanitizer's report when it finds anything."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    main = work / "sanitized_main.c"
+    main.write_text(_SANITIZED_MAIN)
+    exe = work / "model-sanitized"
+    sources = [str(p) for p in cg.files if p.suffix == ".c"] + [str(p) for p in cg.kernel_sources] + [str(main)]
+    cmd = [cc, *SANITIZE_FLAGS, *[f"-I{d}" for d in cg.include_dirs], "-o", str(exe), *sources]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"sanitized host build of {cg.name!r} failed:\n{proc.stderr.strip()}")
+    arena = np.random.default_rng(0).integers(-128, 128, size=cg.arena_bytes, dtype=np.int8)
+    for x, s in zip(inputs, cg.inputs, strict=True):
+        arena[s.offset : s.offset + s.bytes] = np.asarray(x, dtype=np.int8).reshape(-1)
+    run = subprocess.run([str(exe)], input=arena.tobytes(), capture_output=True, timeout=120)
+    if run.returncode != 0:
+        report = run.stderr.decode(errors="replace").strip().splitlines()
+        raise TargetError(
+            f"the sanitized build of {cg.name!r} failed (exit {run.returncode}): " + " / ".join(report[:6])
+        )
+    out, pos = [], 0
+    for s in cg.outputs:
+        out.append(np.frombuffer(run.stdout[pos : pos + s.bytes], dtype=np.int8).reshape(s.shape))
+        pos += s.bytes
+    return out
