@@ -113,6 +113,12 @@ def run_accuracy(
     """
     from harness.bench import model_digest, prepare
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise HarnessError(f"--limit must be a positive number of samples, got {limit!r}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise HarnessError(f"--jobs must be >= 1, got {jobs!r}")
+    if timeout <= 0:
+        raise HarnessError(f"--timeout must be > 0 seconds, got {timeout}")
     board = _board(board)
     graph, model_label = _model(model)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)

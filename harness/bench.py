@@ -47,6 +47,27 @@ class BenchOptions:
     fuse: bool = True  # the native engine may run layer chains row by row (False: the layer-by-layer plan)
 
 
+MAX_INPUTS = 10_000
+
+
+def check_options(opts: BenchOptions) -> None:
+    """Every numeric option in range, or a HarnessError naming it (the CLI exits 2 on it)."""
+    from harness.protocol import MAX_REPS
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise HarnessError(what)
+
+    need(
+        isinstance(opts.inputs, int) and 1 <= opts.inputs <= MAX_INPUTS,
+        f"--inputs must be 1..{MAX_INPUTS}, got {opts.inputs}",
+    )
+    need(1 <= opts.repetitions <= MAX_REPS, f"--repetitions must be 1..{MAX_REPS}, got {opts.repetitions}")
+    need(0 <= opts.warmup <= MAX_REPS, f"--warmup must be 0..{MAX_REPS}, got {opts.warmup}")
+    need(0 <= opts.seed < 2**63, f"--seed must be a non-negative integer, got {opts.seed}")
+    need(opts.timeout > 0, f"--timeout must be > 0 seconds, got {opts.timeout}")
+
+
 class OutputMismatch(HarnessError):
     """The device's output differs from the reference: the engine is wrong, whatever the speed."""
 
@@ -205,6 +226,7 @@ def run_bench(
     from harness.boards import get_board
     from harness.zoo import resolve_model
 
+    check_options(opts)  # before any work: a bad option costs no build and no boot
     board = get_board(opts.board)
     if opts.probe or opts.serial:  # the command line pins the board's probe / port over boards.toml
         board = replace(board, probe=opts.probe or board.probe, serial=opts.serial or board.serial)
@@ -223,6 +245,11 @@ def run_bench(
         record["status"] = "ok"
     except HarnessError as e:
         record["reason"] = f"{type(e).__name__}: {e}"
+        if opts.record:
+            results.append("bench", record, opts.results_dir)
+        raise
+    except Exception as e:  # a harness bug: the run is still recorded as failed, with what went wrong
+        record["reason"] = f"internal error {type(e).__name__}: {e}"
         if opts.record:
             results.append("bench", record, opts.results_dir)
         raise

@@ -3,6 +3,7 @@ names the QEMU machine of its core that stands in for it when no probe is attach
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,41 @@ def load_boards(path: str | Path | None = None) -> dict[str, Board]:
     return boards
 
 
+# Field -> (type, smallest value) for the numbers of a board entry: checked on load, so a zero clock or
+# a negative flash size is refused here, not found as a negative latency in a record.
+_NUMBERS = {
+    "clock_hz": (int, 1), "reset_clock_hz": (int, 1), "flash_bytes": (int, 1), "ram_bytes": (int, 1),
+    "flash_origin": (int, 0), "ram_origin": (int, 0), "icount_per_tick": ((int, float), 0),
+}  # fmt: skip
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_entry(name: str, d: Any, path: Path) -> None:
+    if not _NAME.fullmatch(name):
+        raise HarnessError(f"{path}: board name {name!r}: use letters, digits and - _ . (it names files and C strings)")
+    if not isinstance(d, dict):
+        raise HarnessError(f"{path}: board {name} must be a table")
+    for key, (types, least) in _NUMBERS.items():
+        if key not in d:
+            continue
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, types):
+            raise HarnessError(f"{path}: board {name}: {key} = {v!r} must be a number")
+        if v < least:
+            raise HarnessError(f"{path}: board {name}: {key} = {v!r} must be >= {least}")
+    for key in ("core", "fpu", "chip", "family", "machine", "qemu", "pyocd_target", "probe", "serial"):
+        v = d.get(key, "")
+        if not isinstance(v, str) or any(c in v for c in '\n\r\0"\\'):
+            raise HarnessError(f"{path}: board {name}: {key} = {v!r} must be one line of text without quotes")
+    uart = d.get("uart")
+    if uart is not None and (not isinstance(uart, dict) or not isinstance(uart.get("base", 0), int)):
+        raise HarnessError(f"{path}: board {name}: uart must be a table with an integer base")
+    if isinstance(uart, dict) and (not isinstance(uart.get("baud", 1), int) or uart.get("baud", 1) < 1):
+        raise HarnessError(f"{path}: board {name}: uart baud = {uart.get('baud')!r} must be a positive integer")
+
+
 def _board(name: str, d: dict[str, Any], is_qemu: bool, path: Path) -> Board:
+    _check_entry(name, d, path)
     try:
         core = d["core"]
         if core not in CORES:

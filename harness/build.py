@@ -103,7 +103,17 @@ def cpu_flags(board: Board) -> list[str]:
 
 
 def _c_str(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A C string literal of `text`: backslash, quote and every non-printable character escaped (a newline
+    in a board's name must not end the #define it sits in)."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append("".join(f"\\{b:03o}" for b in ch.encode()))
+    return '"' + "".join(out) + '"'
 
 
 def board_config(board: Board, qemu: bool, build_id: str) -> str:

@@ -144,6 +144,8 @@ def load_npz(path: str | Path) -> Dataset:
         raise DatasetError(f"{path}: cannot read as .npz ({e})") from e
     if x.ndim < 2:
         raise DatasetError(f"{path}: x must be [samples, ...], it has shape {x.shape}")
+    if len(x) == 0:
+        raise DatasetError(f"{path}: the data set has no samples (x has shape {x.shape})")
     y = _labels(y, len(x), str(path))
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DatasetError(f"{path}: x must be numeric, it is {x.dtype}")

@@ -246,6 +246,10 @@ def _str_list(v: Any, where: str) -> list[str]:
     return v
 
 
+_POSITIVE = {"inputs", "repetitions", "timeout", "cell_timeout", "limit"}
+_NON_NEGATIVE = {"warmup", "seed"}
+
+
 def _cell_fields(d: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise MatrixError(f"{where} must be a table")
@@ -258,6 +262,8 @@ def _cell_fields(d: dict[str, Any], where: str) -> dict[str, Any]:
                 raise MatrixError(f"{where}: {k} = {v!r} must be true or false")
         elif not isinstance(v, CELL_FIELDS[k]) or isinstance(v, bool):
             raise MatrixError(f"{where}: {k} = {v!r} has the wrong type")
+        elif (k in _POSITIVE and v <= 0) or (k in _NON_NEGATIVE and v < 0):
+            raise MatrixError(f"{where}: {k} = {v!r} must be {'> 0' if k in _POSITIVE else '>= 0'}")
         out[k] = v
     return out
 
