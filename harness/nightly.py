@@ -30,6 +30,7 @@ from typing import Any
 from harness import results
 from harness.engines import ENGINES
 from harness.errors import HarnessError
+from harness.lifetime import die_with_parent
 
 Say = Callable[[str], None]
 
@@ -427,6 +428,7 @@ class OutputsDiffer(HarnessError):
 
 def _worker(cell: Cell, run_id: str, matrix: str, results_dir: str | None, build_dir: str | None, out: str) -> None:
     os.setsid()  # a process group of its own: a hung cell is killed with its QEMU
+    die_with_parent()  # a killed nightly leaves no worker writing records (its QEMU goes with it)
     res = run_cell(cell, run_id, matrix, results_dir, build_dir)
     tmp = Path(out + ".tmp")
     tmp.write_text(json.dumps(res, default=str))

@@ -16,6 +16,7 @@ import serial
 
 from harness.boards import Board
 from harness.errors import TargetError
+from harness.lifetime import tied_to_parent
 from harness.protocol import Device, Hello, LinkBroken
 
 STARTUP_TIMEOUT = 20.0
@@ -46,23 +47,25 @@ class QemuSession:
         for attempt in range(3):  # another process may take the free port between our probe and QEMU's bind
             tcp = _free_port()
             self.proc = subprocess.Popen(
-                [
-                    "qemu-system-arm",
-                    "-M",
-                    self.machine.machine,
-                    "-display",
-                    "none",
-                    "-monitor",
-                    "none",
-                    "-icount",
-                    "shift=0",
-                    "-semihosting-config",
-                    "enable=on,target=native",
-                    "-serial",
-                    f"tcp:127.0.0.1:{tcp},server=on,wait=on,nodelay=on",
-                    "-kernel",
-                    str(elf),
-                ],  # fmt: skip
+                tied_to_parent(
+                    [
+                        "qemu-system-arm",
+                        "-M",
+                        self.machine.machine,
+                        "-display",
+                        "none",
+                        "-monitor",
+                        "none",
+                        "-icount",
+                        "shift=0",
+                        "-semihosting-config",
+                        "enable=on,target=native",
+                        "-serial",
+                        f"tcp:127.0.0.1:{tcp},server=on,wait=on,nodelay=on",
+                        "-kernel",
+                        str(elf),
+                    ]
+                ),  # fmt: skip  # killed with us, even by kill -9 (harness/lifetime.py)
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._stderr,

@@ -1,0 +1,82 @@
+"""kill -9: nothing the harness started outlives it (QEMU, nightly cell workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require_tools
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of the processes whose parent is `pid`."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == pid:
+            out.append((int(d.name), name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_for(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_tied_program_dies_with_its_parent():
+    code = (
+        "import subprocess, time; from harness.lifetime import tied_to_parent; "
+        "p = subprocess.Popen(tied_to_parent(['sleep', '60'])); print(p.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    # setpriv sets the signal, then execs sleep: once the child is `sleep`, it is armed
+    assert wait_for(lambda: any(p == child and n == "sleep" for p, n in children(parent.pid)), 5)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert wait_for(lambda: not alive(child), 5), "the child outlived its killed parent"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_kill_9_of_harness_accuracy_takes_its_qemu_with_it(tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    cmd = [sys.executable, "-m", "harness", "accuracy", "--board", "qemu-m4", "--model", "digits_cnn",
+           "--dataset", "digits", "--results", str(tmp_path / "r")]  # fmt: skip
+    env = {**os.environ, "HARNESS_BUILD_DIR": str(tmp_path / "b")}
+    run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: any("qemu" in n for _, n in children(run.pid)), 120), "no QEMU started"
+        qemu = [p for p, n in children(run.pid) if "qemu" in n]
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        assert wait_for(lambda: not any(alive(p) for p in qemu), 5), "QEMU outlived the killed harness"
+    finally:
+        if run.poll() is None:
+            run.kill()
