@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     n.add_argument("--baseline", default=None, help="a baseline file (default results/baselines/<matrix>.json)")
     n.add_argument("--build-dir", default=None, help="build cache root (default ./build or $HARNESS_BUILD_DIR)")
     n.add_argument("--json", action="store_true", help="print the run's verdict as JSON")
+    n.add_argument(
+        "--resume", default=None, metavar="RUN_ID",
+        help="finish a run that was killed: keep the cells it recorded, run the others, then judge and report",
+    )  # fmt: skip
     n.set_defaults(func=cmd_nightly)
 
     b = subparsers.add_parser("baseline", help="manage nightly baselines")
@@ -59,7 +63,9 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
     say = err_console.print if args.json else console.print
     try:
-        run = run_nightly(args.matrix, max(1, args.jobs), args.results, args.baseline, args.build_dir, say=say)
+        run = run_nightly(
+            args.matrix, max(1, args.jobs), args.results, args.baseline, args.build_dir, say=say, resume=args.resume
+        )
     except HarnessError as e:  # the run itself broke: exit 2 (the CLI's HarnessError path also gives 2)
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         return EXIT_BROKEN

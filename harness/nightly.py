@@ -676,6 +676,25 @@ def baseline_path(matrix: str, results_dir: str | Path | None = None) -> Path:
     return baselines_dir(results_dir) / f"{matrix}.json"
 
 
+def finished_runs(results_dir: str | Path | None = None) -> set[str]:
+    """Ids of the nightly runs that reached a verdict (a killed run has cell lines but no run line)."""
+    return {r["run_id"] for r in results.read(RUNS_KIND, results_dir) if "run_id" in r}
+
+
+def _resumable_cells(run_id: str, matrix: Matrix, results_dir: str) -> dict[str, dict[str, Any]]:
+    """The cells run `run_id` recorded before it stopped, by key (the last line of each wins)."""
+    if run_id in finished_runs(results_dir):
+        raise HarnessError(f"nightly run {run_id} finished already: nothing to resume (start a new run)")
+    lines = run_cells_of(run_id, results_dir)
+    if not lines:
+        raise HarnessError(f"no nightly run {run_id} in {results_dir}: nothing to resume")
+    other = {r.get("matrix") for r in lines} - {matrix.name}
+    if other:
+        raise HarnessError(f"run {run_id} ran matrix {', '.join(sorted(map(str, other)))}, not {matrix.name}")
+    keys = {c.key for c in matrix.cells}
+    return {r["cell"]: r for r in lines if r.get("cell") in keys}
+
+
 def run_cells_of(run_id: str, results_dir: str | Path | None = None) -> list[dict[str, Any]]:
     return [r for r in results.read(CELLS_KIND, results_dir) if r.get("nightly_run") == run_id]
 
@@ -768,12 +787,15 @@ def run_nightly(
     build_dir: str | None = None,
     say: Say = lambda _m: None,
     reports: bool = True,
+    resume: str | None = None,
 ) -> NightlyRun:
-    """Run the matrix, judge it, write the reports; the exit code is in the returned run."""
+    """Run the matrix, judge it, write the reports; the exit code is in the returned run. `resume`: the id
+    of a run that never finished (killed): its recorded cells are kept and only the others run."""
     matrix = load_matrix(matrix_path)
     rdir = str(results.results_dir(results_dir))
-    base = find_baseline(matrix.name, rdir, baseline)
-    run_id = results.new_run_id()
+    base = find_baseline(matrix.name, rdir, baseline, exclude_run=resume)
+    run_id = resume or results.new_run_id()
+    kept = _resumable_cells(resume, matrix, rdir) if resume else {}
     out_dir = results.results_dir(rdir) / "nightly" / run_id
     say(
         f"nightly {matrix.name}: run {run_id}, {len(matrix.cells)} cells, {jobs} job(s); baseline: "
@@ -781,7 +803,11 @@ def run_nightly(
     )
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
-    cells = run_cells(matrix.cells, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say)
+    if kept:
+        say(f"resuming run {run_id}: {len(kept)} of {len(matrix.cells)} cells already recorded, kept")
+    todo = [c for c in matrix.cells if c.key not in kept]
+    ran = {c["cell"]: c for c in run_cells(todo, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say)}
+    cells = [kept.get(c.key) or ran[c.key] for c in matrix.cells]
     for r in ratio_cells(cells, run_id, matrix.name):
         results.append(CELLS_KIND, r, rdir)
         say(f"{r['cell']}: native runs in {r['metrics'][RATIO]:.3f} x tflm-cmsis's count")

@@ -198,16 +198,21 @@ def junit(run: dict[str, Any]) -> str:
 # --- history and plots -------------------------------------------------------------------------------------
 
 
-def nightly_history(matrix: str, results_dir: str | Path | None = None, last: int = HISTORY_RUNS):
+def nightly_history(
+    matrix: str, results_dir: str | Path | None = None, last: int = HISTORY_RUNS, current_run: str | None = None
+):
     """A long table (run, cell, metric, value) of the matrix's passing cells over its last `last` runs."""
     import pandas as pd
 
-    from harness.nightly import CELLS_KIND
+    from harness.nightly import CELLS_KIND, finished_runs
 
     rows = []
+    done = finished_runs(results_dir)
     for r in results.read(CELLS_KIND, results_dir):
         if r.get("matrix") != matrix or r.get("status") != "ok":
             continue
+        if r.get("nightly_run") not in done and r.get("nightly_run") != current_run:
+            continue  # a killed run's cells: never judged, not a trend point
         for metric in TREND_METRICS:
             v = r.get("metrics", {}).get(metric)
             if v is not None:
@@ -279,7 +284,10 @@ def metric_history(
              "latency_ms", "accuracy")  # fmt: skip
     if metric not in known:
         raise HarnessError(f"unknown metric {metric!r}; one of: {', '.join(known)}")
+    from harness.nightly import finished_runs
+
     rows = []
+    done = finished_runs(results_dir)
     if metric == "accuracy":
         for r in results.read("accuracy", results_dir):
             if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):
@@ -295,6 +303,8 @@ def metric_history(
         tag = r.get("nightly") or {}
         if nightly_only and not tag:
             continue
+        if tag and tag.get("run_id") not in done:
+            continue  # a cell of a nightly run that never finished (killed): no verdict stands behind it
         r_opt = (r.get("options") or {}).get("opt")
         if opt is not None and r_opt != opt:
             continue
@@ -417,7 +427,7 @@ or an expected failure. QEMU figures are instruction counts (-icount), not cycle
 def write_nightly_reports(run: dict[str, Any], results_dir: str | Path | None, out_dir: Path) -> dict[str, Path]:
     """report.html, summary.md, junit.xml and the trend PNGs under results/nightly/<run id>/."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = trend_plots(nightly_history(run["matrix"], results_dir), out_dir / "plots")
+    plots = trend_plots(nightly_history(run["matrix"], results_dir, current_run=run["run_id"]), out_dir / "plots")
     files = {
         "markdown": out_dir / "summary.md",
         "junit": out_dir / "junit.xml",

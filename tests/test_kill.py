@@ -80,3 +80,56 @@ def test_kill_9_of_harness_accuracy_takes_its_qemu_with_it(tmp_path):
     finally:
         if run.poll() is None:
             run.kill()
+
+
+MATRIX = """
+name = "killme"
+[defaults]
+target = "qemu"
+inputs = 1
+repetitions = 1
+warmup = 0
+[matrix]
+boards = ["qemu-m4"]
+models = ["mlperf_ad", "digits_cnn", "mlperf_kws"]
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_killed_nightly_leaves_no_worker_and_resumes_to_its_verdict(tmp_path):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    from harness import results
+    from harness.nightly import CELLS_KIND, RUNS_KIND, run_nightly
+    from harness.report import metric_history
+
+    (tmp_path / "m.toml").write_text(MATRIX)
+    rdir = tmp_path / "r"
+    cmd = [sys.executable, "-m", "harness", "nightly", "--matrix", str(tmp_path / "m.toml"), "--results", str(rdir)]
+    env = {**os.environ, "HARNESS_BUILD_DIR": str(tmp_path / "b")}
+    run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(list(results.read(CELLS_KIND, rdir))) >= 1, 180), "no cell finished"
+        workers = [p for p, _ in children(run.pid)]
+        grandchildren = [p for w in workers for p, _ in children(w)]
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert wait_for(lambda: not any(alive(p) for p in workers + grandchildren), 5), "a worker or QEMU outlived it"
+    cells_then = len(list(results.read(CELLS_KIND, rdir)))
+    bench_then = len(list(results.read("bench", rdir)))
+    time.sleep(2)
+    assert len(list(results.read("bench", rdir))) == bench_then  # nothing appended after the kill
+    assert not list(results.read(RUNS_KIND, rdir))  # no verdict
+    (killed,) = {r["nightly_run"] for r in results.read(CELLS_KIND, rdir)}
+    assert metric_history("qemu-m4", "mlperf_ad", "instructions", rdir) == []  # history leaves it out
+    said: list[str] = []
+    done = run_nightly(tmp_path / "m.toml", results_dir=rdir, build_dir=str(tmp_path / "b"), say=said.append,
+                       resume=killed)  # fmt: skip
+    assert done.run_id == killed and len(done.cells) == 3 and done.exit_code == 0
+    assert any(f"{cells_then} of 3 cells already recorded" in s for s in said)
+    assert len(list(results.read(CELLS_KIND, rdir))) == 3  # the kept cells were not run again
+    assert (done.report_dir / "report.html").is_file()
+    with pytest.raises(Exception, match="finished already"):
+        run_nightly(tmp_path / "m.toml", results_dir=rdir, resume=killed)

@@ -27,6 +27,7 @@ def _run(rdir, run_id, cells, baseline=None):
         results.append(nightly.CELLS_KIND, c, rdir)
         judged.append({**c, "verdict": compare_cell(c, (baseline or {}).get(c["cell"]), Thresholds())})
     code = nightly.exit_code(judged)
+    results.append(nightly.RUNS_KIND, {"run_id": run_id, "matrix": "t", "exit_code": code}, rdir)  # it finished
     return {"run_id": run_id, "matrix": "t", "exit_code": code, "seconds": 3.0, "jobs": 1, "started": "now",
             "baseline": "test", "cells": judged}  # fmt: skip
 
@@ -95,7 +96,20 @@ def _bench(rdir, board, model, median, opt="-O2", nightly_run=None, status="ok")
                        "peak_sram_bytes": 100, "flash_bytes": 200}}  # fmt: skip
     if nightly_run:
         rec["nightly"] = {"run_id": nightly_run, "matrix": "t", "cell": f"{board}:{model}"}
+        if not any(r["run_id"] == nightly_run for r in results.read(nightly.RUNS_KIND, rdir)):
+            results.append(nightly.RUNS_KIND, {"run_id": nightly_run, "matrix": "t", "exit_code": 0}, rdir)
     results.append("bench", rec, rdir)
+
+
+def test_history_and_trends_leave_out_runs_that_never_finished(tmp_path):
+    _bench(tmp_path, "nucleo-f412", "mlperf_ad", 100, nightly_run="N0")
+    rec = {"run_id": "x", "board": "nucleo-f412", "model": "mlperf_ad", "status": "ok", "options": {"opt": "-O2"},
+           "figures": {"count_unit": "instructions", "count": {"median": 5}},
+           "nightly": {"run_id": "KILLED", "matrix": "t", "cell": "nucleo-f412:mlperf_ad"}}  # fmt: skip
+    results.append("bench", rec, tmp_path)  # a cell of a run killed before its verdict
+    results.append(nightly.CELLS_KIND, {**_cell("qemu-m4:ad", instructions=5), "nightly_run": "KILLED"}, tmp_path)
+    assert [r["value"] for r in report.metric_history("nucleo-f412", "mlperf_ad", "instructions", tmp_path)] == [100]
+    assert "KILLED" not in set(report.nightly_history("t", tmp_path)["run"])
 
 
 def test_history_table_json_and_plot(tmp_path, capsys):
