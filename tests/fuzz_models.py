@@ -123,7 +123,7 @@ class Tally:
     slow: list = field(default_factory=list)
 
 
-def run_one(what: str, data: bytes, work: Path, tally: Tally, asan: bool = False, budget_s: float = 20.0) -> None:
+def run_one(what: str, data: bytes, work: Path, tally: Tally, asan: bool = False, budget_s: float = 10.0) -> None:
     """One mutant through every stage; records the outcome in `tally`."""
     from harness import reference
     from harness.engines.native import generate

@@ -7,6 +7,7 @@ IndexError from deep inside the flatbuffer code.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def _read_tensor(model, t, index: int, nbuf: int, data: bytes, label: str) -> Te
             raw = buf.DataAsNumpy().tobytes()
         if raw:
             np_dtype = np.dtype(dtype).newbyteorder("<")
-            count = int(np.prod(shape)) if shape else 1
+            count = math.prod(shape)  # Python ints: a corrupt shape cannot wrap around to match
             if len(raw) != count * np_dtype.itemsize:
                 raise MalformedModelError(
                     f"{label}: tensor {index} '{name}' of shape {shape} {dtype} needs {count * np_dtype.itemsize} "
