@@ -205,7 +205,10 @@ class Device:
         timeout = self.timeout if timeout is None else timeout
         attempts = 1 + self.retries  # a request the device reports damaged never ran: resending is always safe
         last: Exception | None = None
+        silent = 0  # attempts after which not one byte had arrived
         for _ in range(attempts):
+            if silent >= 2:  # 2 x timeout of pure silence: the device is gone, not garbling
+                break
             self._seq = (self._seq + 1) & 0xFF
             seq = self._seq
             try:
@@ -252,12 +255,20 @@ class Device:
                 if not retry:
                     raise e from None
                 last = e
+                silent += self.bytes_read == mark
+        if silent >= 2:
+            raise TargetError(
+                f"{self.describe} is silent: nothing arrived in {2 * timeout:.1f} s (2 attempts of --timeout "
+                f"{timeout:g} s); {last}"
+            )
         raise TargetError(f"{self.describe}: gave up after {attempts} attempt(s): {last}")
 
     # --- requests -----------------------------------------------------------------------------------
 
     def wait_hello(self, timeout: float) -> Hello:
-        """The HELLO a device sends at boot (asked for again if it was lost or garbled)."""
+        """The HELLO a device sends at boot (asked for again if it was lost or garbled; asked once only if
+        nothing at all arrived, so that a silent device is reported within the boot wait and one timeout)."""
+        mark = self.bytes_read
         try:
             while True:
                 f = self.read_frame(timeout)
@@ -270,6 +281,8 @@ class Device:
         except TargetError as e:
             if "faulted" in str(e):
                 raise
+            if self.bytes_read == mark:
+                return parse_hello(self.request(HELLO_REQ, b"", HELLO, retry=False).payload)
             return self.hello()
 
     def hello(self) -> Hello:

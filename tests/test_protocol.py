@@ -237,3 +237,17 @@ def test_layer_stamps_that_do_not_answer_the_request_are_an_error():
     peer.layers_from = lambda first: 0  # always the first chunk again: the host must not loop or mix them
     with pytest.raises(ProtocolError, match="LAYERS from 0 .* does not answer"):
         device.get_layers()
+
+
+def test_a_silent_device_is_reported_within_two_timeouts():
+    host, dev = socket.socketpair()
+    device = P.Device(SocketPort(host), timeout=0.4, retries=3, describe="mute board")
+    t0 = time.monotonic()
+    with pytest.raises(TargetError, match="mute board is silent: nothing arrived in 0.8 s"):
+        device.hello()
+    assert time.monotonic() - t0 < 2 * 0.4 + 0.3  # not 1 + retries = 4 timeouts
+    t0 = time.monotonic()
+    with pytest.raises(TargetError):
+        device.wait_hello(0.4)  # the boot wait, then one request
+    assert time.monotonic() - t0 < 0.4 + 0.4 + 0.3
+    dev.close()
