@@ -9,9 +9,12 @@ Requests (host -> device) and their answers:
     HELLO_REQ  0x01  ()                                   -> HELLO 0x81 (version, clock, arena needed,
                                                             stack, MACs u32; 5 strings; I/O tensors;
                                                             arena used u32: the engine allocator's count)
+    HELLO_PART 0x06  (offset u16, max u16)                -> HELLO_PART 0x86 (total u16, offset u16, bytes):
+                                                            HELLO in slices, for a noisy link
     SET_INPUT  0x02  (index u8, offset u32, bytes)       -> ACK 0x82 (type u8)
-    INFER      0x03  (repetitions u32, 1..120)           -> STATS 0x83 (n u32, peak stack u32,
-                                                            arena high water u32, n x count u64)
+    INFER      0x03  (repetitions u32, 1..120)           -> ACK 0x82 (0x03) at once, then STATS 0x83
+                                                            (n u32, peak stack u32, arena high water u32,
+                                                            n x count u64)
     GET_OUTPUT 0x04  (index u8, offset u32, length u16)  -> OUTPUT 0x84 (index u8, offset u32, bytes)
     GET_LAYERS 0x05  (first u16)                          -> LAYERS 0x85 (first u16, layers u16,
                                                             n x count u64: the counter at each layer's end
@@ -21,9 +24,11 @@ Requests (host -> device) and their answers:
                        frame too long, the engine failed (6: sent unasked at boot or in an inference,
                        then in answer to every request)
 
-The device echoes the request's sequence number. The device sends HELLO once at boot unasked. Every
-request but INFER is idempotent, so the host retries those on a bad CRC, a garbled answer or a timeout;
-INFER is retried only when the device reports it never received it intact (a CRC error).
+The device echoes the request's sequence number and sends HELLO once at boot unasked. The host sends a
+request again, with the same sequence number, until an intact answer arrives (Device.request says when).
+Every request but INFER is idempotent; an INFER that arrives twice in a row with the same sequence number
+is answered with the kept figures of its first run, so a lost answer is never a second, different run.
+On a link that loses a chunk, SET_INPUT and GET_OUTPUT move to SMALL_CHUNK-byte chunks for good.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ from harness.errors import ProtocolError, TargetError
 
 SYNC = b"\xa5\x5a"
 VERSION = 1
+QUICK = 0.5  # seconds: an answer that needs no computing comes well within this, even at 115200 baud
+IDLE = 0.1  # seconds of quiet after bytes that made no intact frame: the answer was garbled
+SMALL_CHUNK = 48  # bytes a chunk once the link has lost one: short frames get through noise
 MAX_PAYLOAD = 1100
 CHUNK = 1024
 MAX_REPS = 120
 
-HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT, GET_LAYERS = 0x01, 0x02, 0x03, 0x04, 0x05
-HELLO, ACK, STATS, OUTPUT, LAYERS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0xEE
+HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT, GET_LAYERS, HELLO_PART = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+HELLO, ACK, STATS, OUTPUT, LAYERS, HELLO_PART_ANS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0xEE
 ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG, ERR_ENGINE = 1, 2, 3, 4, 5, 6
 REQUEST_NAMES = {
     HELLO_REQ: "HELLO",
@@ -50,6 +58,7 @@ REQUEST_NAMES = {
     INFER: "INFER",
     GET_OUTPUT: "GET_OUTPUT",
     GET_LAYERS: "GET_LAYERS",
+    HELLO_PART: "HELLO_PART",
 }
 FAULT_KINDS = {1: "HardFault", 2: "MemManage", 3: "BusFault", 4: "UsageFault", 5: "unexpected interrupt"}
 
@@ -122,6 +131,14 @@ def parse_hello(p: bytes) -> Hello:
     return Hello(version, clock, arena, stack, macs, *strings, specs[:n_in], specs[n_in:], used)
 
 
+class NoAnswer(TargetError):
+    """No intact answer after every attempt the request was allowed (a link too noisy, or a chunk too long)."""
+
+
+class _Retry(Exception):
+    """This attempt got no answer: send the request again."""
+
+
 class LinkBroken(TargetError):
     """The serial link itself failed (the port closed, QEMU died): nothing to retry."""
 
@@ -143,6 +160,8 @@ class Device:
         self._buf = bytearray()
         self.received = bytearray()  # the last bytes read, for error reports
         self.bytes_read = 0
+        self._last_rx = time.monotonic()
+        self.chunk = CHUNK  # shrinks to SMALL_CHUNK once a chunk has been lost
 
     # --- framing ------------------------------------------------------------------------------------
 
@@ -156,6 +175,7 @@ class Device:
             self._buf += data
             self.received += data
             self.bytes_read += len(data)
+            self._last_rx = time.monotonic()
             del self.received[:-4096]
 
     def read_frame(self, timeout: float) -> Frame:
@@ -199,69 +219,101 @@ class Device:
         raise ProtocolError(f"{self.describe} refused the request: {text} (code {code}, {a}, {b}, {c})")
 
     def request(
-        self, kind: int, payload: bytes, answer: int, timeout: float | None = None, retry: bool = True
+        self,
+        kind: int,
+        payload: bytes,
+        answer: int,
+        timeout: float | None = None,
+        retry: bool = True,
+        max_attempts: int | None = None,
     ) -> Frame:
-        """Send a request and wait for its answer (matched by sequence number)."""
+        """Send a request and wait for its answer, sending it again until one arrives intact.
+
+        Every attempt carries the same sequence number, so the device knows a repeat: requests other
+        than INFER are idempotent, and a repeated INFER is answered with the kept figures, not run
+        again. An attempt ends when an answer arrives, after QUICK seconds for a request that needs no
+        computing (INFER waits for its acknowledgement that long, then `timeout` for the figures), or
+        as soon as the line has been quiet for IDLE seconds after bytes that made no intact frame (a
+        garbled answer). The request fails when the device refuses it, faults or the link breaks; when
+        2 x `timeout` passed without one byte (a silent device); or after `max_attempts` (default: as
+        many as fit in (1 + retries) x `timeout`)."""
         timeout = self.timeout if timeout is None else timeout
-        attempts = 1 + self.retries  # a request the device reports damaged never ran: resending is always safe
+        self._seq = (self._seq + 1) & 0xFF
+        seq = self._seq
+        frame = encode(kind, seq, payload)
+        name = REQUEST_NAMES.get(kind, f"0x{kind:02x}")
+        budget_end = time.monotonic() + (1 + self.retries) * timeout
+        silent = 0.0
+        acked = False  # INFER: the device said it has the request (it is computing)
         last: Exception | None = None
-        silent = 0  # attempts after which not one byte had arrived
-        for _ in range(attempts):
-            if silent >= 2:  # 2 x timeout of pure silence: the device is gone, not garbling
-                break
-            self._seq = (self._seq + 1) & 0xFF
-            seq = self._seq
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                self.port.write(encode(kind, seq, payload))
+                self.port.write(frame)
                 self.port.flush()
             except OSError as e:
                 raise LinkBroken(f"{self.describe}: the connection to the device broke: {e}") from e
-            deadline = time.monotonic() + timeout
+            started = time.monotonic()
+            wait = timeout if (kind == INFER and acked) else min(timeout, QUICK)
             mark = self.bytes_read
             try:
-                while True:
-                    f = self.read_frame(max(0.0, deadline - time.monotonic()))
-                    if f.kind == ERROR:
-                        code = struct.unpack_from("<H", f.payload.ljust(2, b"\0"))[0]
-                        if code in (ERR_FAULT, ERR_ENGINE):  # whatever request it answers: the device is done
-                            self._raise_error(f.payload)
-                        if f.seq != seq and code != ERR_BAD_CRC:
-                            continue
-                        if code in (ERR_BAD_CRC, ERR_TOO_LONG):  # the request arrived damaged: send again
-                            raise ProtocolError(f"{self.describe} received a damaged request")
-                        self._raise_error(f.payload)
-                    if f.seq != seq:
-                        continue  # a late answer to an earlier, retried request
-                    if f.kind != answer:
-                        raise ProtocolError(f"{self.describe} answered 0x{f.kind:02x}, expected 0x{answer:02x}")
-                    return f
-            except ProtocolError as e:
+                f = self._await(seq, kind, answer, started + wait, mark, ack_ok=not acked)
+                if f.kind == ACK and kind == INFER and answer == STATS:
+                    acked = True
+                    f = self._await(seq, kind, answer, time.monotonic() + timeout, self.bytes_read, ack_ok=False)
+                return f
+            except _Retry as e:
                 last = e
-                if "refused" in str(e):
-                    raise
-            except TargetError as e:
-                if "faulted" in str(e) or isinstance(e, LinkBroken | EngineFailed):
-                    raise
-                name = REQUEST_NAMES.get(kind, f"0x{kind:02x}")
-                e = TargetError(
-                    f"{self.describe} did not answer {name} within {timeout:.1f} s"
-                    + (
-                        " (nothing arrived after the request: the device may be hung)"
-                        if self.bytes_read == mark
-                        else ""
-                    )
-                    + f"; {e}"
+            if self.bytes_read == mark:
+                silent += time.monotonic() - started
+            else:
+                silent = 0.0
+            if not retry:
+                raise TargetError(f"{self.describe} did not answer {name} within {wait:.1f} s; {last}")
+            if silent >= 2 * timeout:
+                raise TargetError(
+                    f"{self.describe} did not answer {name} within {silent:.1f} s (2 x --timeout {timeout:g} s): "
+                    "it is silent, nothing arrived (the device may be hung)"
+                    + ("; it had acknowledged the request" if acked else "")
+                    + f"; {last}"
                 )
-                if not retry:
-                    raise e from None
-                last = e
-                silent += self.bytes_read == mark
-        if silent >= 2:
-            raise TargetError(
-                f"{self.describe} is silent: nothing arrived in {2 * timeout:.1f} s (2 attempts of --timeout "
-                f"{timeout:g} s); {last}"
-            )
-        raise TargetError(f"{self.describe}: gave up after {attempts} attempt(s): {last}")
+            if (max_attempts is not None and attempt >= max_attempts) or time.monotonic() >= budget_end:
+                raise NoAnswer(f"{self.describe}: no intact answer to {name} after {attempt} attempt(s): {last}")
+
+    def _await(self, seq: int, kind: int, answer: int, deadline: float, mark: int, ack_ok: bool = True) -> Frame:
+        """The answer to request `seq` before `deadline` (an INFER's ACK too, with `ack_ok`), or _Retry."""
+        while True:
+            now = time.monotonic()
+            limit = deadline
+            if self.bytes_read > mark:  # bytes came: if the line then goes quiet, the answer was garbled
+                limit = min(limit, max(self._last_rx + IDLE, now + 0.001))
+            try:
+                f = self.read_frame(max(0.0, limit - now))
+            except LinkBroken:
+                raise
+            except TargetError as e:
+                if "faulted" in str(e):
+                    raise
+                raise _Retry(str(e)) from None
+            if f.kind == ERROR:
+                code = struct.unpack_from("<H", f.payload.ljust(2, b"\0"))[0]
+                if code in (ERR_FAULT, ERR_ENGINE):  # whatever request it answers: the device is done
+                    self._raise_error(f.payload)
+                if code in (ERR_BAD_CRC, ERR_TOO_LONG):  # a request arrived damaged (maybe ours): send again
+                    raise _Retry(f"{self.describe} received a damaged request")
+                if f.seq != seq:
+                    continue
+                self._raise_error(f.payload)
+            if f.seq != seq:
+                continue  # an answer to an earlier request, or a repeat of one
+            if f.kind == ACK and kind == INFER and f.payload[:1] == bytes([INFER]):
+                if answer == STATS and ack_ok:
+                    return f
+                continue  # a repeat of the acknowledgement
+            if f.kind != answer:
+                raise ProtocolError(f"{self.describe} answered 0x{f.kind:02x}, expected 0x{answer:02x}")
+            return f
 
     # --- requests -----------------------------------------------------------------------------------
 
@@ -286,17 +338,49 @@ class Device:
             return self.hello()
 
     def hello(self) -> Hello:
-        return parse_hello(self.request(HELLO_REQ, b"", HELLO).payload)
+        try:
+            return parse_hello(self.request(HELLO_REQ, b"", HELLO, max_attempts=3).payload)
+        except NoAnswer:
+            pass  # a long frame through a noisy link: ask for it in slices
+        data, total = bytearray(), None
+        while total is None or len(data) < total:
+            f = self.request(HELLO_PART, struct.pack("<HH", len(data), SMALL_CHUNK), HELLO_PART_ANS)
+            n, off = struct.unpack_from("<HH", f.payload)
+            if off != len(data) or (total is not None and n != total):
+                raise ProtocolError(f"HELLO slice at {off} of {n} does not answer the request")
+            total = n
+            data += f.payload[4:]
+            if len(f.payload) == 4 and len(data) < total:
+                raise ProtocolError(f"HELLO slice at {off} of {n} is empty")
+        return parse_hello(bytes(data))
+
+    def _chunked(self, kind: int, make, answer: int, size: int, check) -> bytes:
+        """Send `kind` chunk by chunk over [0, size); a chunk lost on the way shrinks them for good."""
+        out = bytearray()
+        off = 0
+        while off < max(size, 1):
+            n = min(self.chunk, size - off)
+            try:
+                f = self.request(kind, make(off, n), answer, max_attempts=2 if self.chunk > SMALL_CHUNK else None)
+            except NoAnswer:
+                if self.chunk <= SMALL_CHUNK:
+                    raise
+                self.chunk = SMALL_CHUNK
+                continue
+            out += check(f, off, n)
+            off += max(n, 1)
+        return bytes(out)
 
     def set_input(self, index: int, data: bytes) -> None:
-        for off in range(0, max(len(data), 1), CHUNK):
-            chunk = data[off : off + CHUNK]
-            self.request(SET_INPUT, struct.pack("<BI", index, off) + chunk, ACK)
+        def make(off, n):
+            return struct.pack("<BI", index, off) + data[off : off + n]
+
+        self._chunked(SET_INPUT, make, ACK, len(data), lambda f, off, n: b"")
 
     def infer(self, repetitions: int) -> Stats:
         if not 1 <= repetitions <= MAX_REPS:
             raise ProtocolError(f"repetitions must lie in 1..{MAX_REPS}, got {repetitions}")
-        f = self.request(INFER, struct.pack("<I", repetitions), STATS, retry=False)
+        f = self.request(INFER, struct.pack("<I", repetitions), STATS)
         n, stack, hw = struct.unpack_from("<3I", f.payload)
         if len(f.payload) != 12 + 8 * n or n != repetitions:
             raise ProtocolError(f"STATS for {n} repetitions in {len(f.payload)} bytes, asked for {repetitions}")
@@ -318,12 +402,10 @@ class Device:
                 return ends
 
     def get_output(self, index: int, size: int) -> bytes:
-        out = bytearray()
-        while len(out) < size:
-            n = min(CHUNK, size - len(out))
-            f = self.request(GET_OUTPUT, struct.pack("<BIH", index, len(out), n), OUTPUT)
-            idx, off = struct.unpack_from("<BI", f.payload)
-            if idx != index or off != len(out) or len(f.payload) - 5 != n:
-                raise ProtocolError(f"OUTPUT chunk for output {idx} at {off} does not answer the request")
-            out += f.payload[5:]
-        return bytes(out)
+        def check(f, off, n):
+            idx, got = struct.unpack_from("<BI", f.payload)
+            if idx != index or got != off or len(f.payload) - 5 != n:
+                raise ProtocolError(f"OUTPUT chunk for output {idx} at {got} does not answer the request")
+            return f.payload[5:]
+
+        return self._chunked(GET_OUTPUT, lambda off, n: struct.pack("<BIH", index, off, n), OUTPUT, size, check)

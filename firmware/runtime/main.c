@@ -128,7 +128,8 @@ static uint32_t arena_high_water(void)
 #endif
 }
 
-static void send_hello(uint8_t seq)
+/* Builds the HELLO payload in tx; returns its length. */
+static uint32_t build_hello(void)
 {
     uint32_t n = 0;
     put32(tx + n, PROTO_VERSION);
@@ -152,7 +153,36 @@ static void send_hello(uint8_t seq)
     }
     put32(tx + n, MODEL_ARENA_USED);
     n += 4;
+    return n;
+}
+
+static void send_hello(uint8_t seq)
+{
+    uint32_t n = build_hello();
     proto_send(MSG_HELLO, seq, tx, (uint16_t)n);
+}
+
+/* A slice of HELLO: on a noisy link a 200-byte frame rarely arrives whole, short ones do. The slice
+ * goes after the whole payload in tx (which is far larger than HELLO). */
+static void send_hello_part(const frame_t *f)
+{
+    uint32_t n = build_hello();
+    uint32_t off = f->length >= 4 ? (uint32_t)(f->payload[0] | (f->payload[1] << 8)) : 0;
+    uint32_t max = f->length >= 4 ? (uint32_t)(f->payload[2] | (f->payload[3] << 8)) : 64;
+    if (off > n) {
+        off = n;
+    }
+    uint32_t len = n - off < max ? n - off : max;
+    if (len > PROTO_MAX_PAYLOAD - 4 - n) {
+        len = PROTO_MAX_PAYLOAD - 4 - n;
+    }
+    uint8_t *p = tx + n;
+    p[0] = (uint8_t)n;
+    p[1] = (uint8_t)(n >> 8);
+    p[2] = (uint8_t)off;
+    p[3] = (uint8_t)(off >> 8);
+    memmove(p + 4, tx + off, len);
+    proto_send(MSG_HELLO_PART_ANS, f->seq, p, (uint16_t)(4 + len));
 }
 
 static void set_input(const frame_t *f)
@@ -176,13 +206,38 @@ static void set_input(const frame_t *f)
     proto_send(MSG_ACK, f->seq, tx, 1);
 }
 
-static void infer(const frame_t *f)
+/* The last inference's figures, kept so that a repeated INFER (the host lost the answer and sent the
+ * same request again: the same sequence number, nothing else in between) gets them again rather than a
+ * second run. */
+static uint32_t last_reps, last_stack, last_hw;
+static int stats_kept;
+
+static void send_stats(uint8_t seq)
+{
+    put32(tx, last_reps);
+    put32(tx + 4, last_stack);
+    put32(tx + 8, last_hw);
+    for (uint32_t r = 0; r < last_reps; r++) {
+        put32(tx + 12 + 8 * r, (uint32_t)counts[r]);
+        put32(tx + 16 + 8 * r, (uint32_t)(counts[r] >> 32));
+    }
+    proto_send(MSG_STATS, seq, tx, (uint16_t)(12 + 8 * last_reps));
+}
+
+static void infer(const frame_t *f, int repeated)
 {
     uint32_t reps = f->length >= 4 ? get32(f->payload) : 0;
     if (reps == 0 || reps > MAX_REPS) {
         proto_error(f->seq, ERR_BAD_REQUEST, reps, MAX_REPS, 0, 0, "INFER: repetitions out of range");
         return;
     }
+    if (repeated && stats_kept && reps == last_reps) {
+        send_stats(f->seq);
+        return;
+    }
+    /* Received: the host now waits for the figures as long as the inference takes, not less. */
+    tx[0] = MSG_INFER;
+    proto_send(MSG_ACK, f->seq, tx, 1);
     for (uint32_t r = 0; r < reps; r++) {
         for (uint32_t i = 0, base = 0; i < MODEL_NUM_INPUTS; base += model_inputs[i].bytes, i++) {
             memcpy(arena + model_inputs[i].offset, inputs_copy + base, model_inputs[i].bytes);
@@ -198,14 +253,11 @@ static void infer(const frame_t *f)
         model_run(arena);
         counts[r] = board_counter_read() - t0;
     }
-    put32(tx, reps);
-    put32(tx + 4, peak_stack());
-    put32(tx + 8, arena_high_water());
-    for (uint32_t r = 0; r < reps; r++) {
-        put32(tx + 12 + 8 * r, (uint32_t)counts[r]);
-        put32(tx + 16 + 8 * r, (uint32_t)(counts[r] >> 32));
-    }
-    proto_send(MSG_STATS, f->seq, tx, (uint16_t)(12 + 8 * reps));
+    last_reps = reps;
+    last_stack = peak_stack();
+    last_hw = arena_high_water();
+    stats_kept = 1;
+    send_stats(f->seq);
 }
 
 static void get_output(const frame_t *f)
@@ -286,16 +338,21 @@ int main(void)
     }
 #endif
     send_hello(0);
+    int last_type = -1, last_seq = -1; /* the previous intact request */
     for (;;) {
         int err = proto_read(&rx);
         if (err) {
             proto_error(rx.seq, (uint16_t)err, 0, 0, 0, 0, err == ERR_BAD_CRC ? "bad CRC" : "frame too long");
             continue;
         }
+        const int repeated = rx.type == last_type && rx.seq == last_seq;
+        last_type = rx.type;
+        last_seq = rx.seq;
         switch (rx.type) {
         case MSG_HELLO_REQ: send_hello(rx.seq); break;
-        case MSG_SET_INPUT: set_input(&rx); break;
-        case MSG_INFER: infer(&rx); break;
+        case MSG_HELLO_PART: send_hello_part(&rx); break;
+        case MSG_SET_INPUT: stats_kept = 0; set_input(&rx); break;
+        case MSG_INFER: infer(&rx, repeated); break;
         case MSG_GET_OUTPUT: get_output(&rx); break;
         case MSG_GET_LAYERS: get_layers(&rx); break;
         default: proto_error(rx.seq, ERR_BAD_REQUEST, rx.type, 0, 0, 0, "unknown request"); break;

@@ -14,11 +14,13 @@ enum {
     MSG_INFER = 0x03,
     MSG_GET_OUTPUT = 0x04,
     MSG_GET_LAYERS = 0x05,
+    MSG_HELLO_PART = 0x06, /* (offset u16, max u16) -> HELLO_PART: (total u16, offset u16, bytes) */
     MSG_HELLO = 0x81,
     MSG_ACK = 0x82,
     MSG_STATS = 0x83,
     MSG_OUTPUT = 0x84,
     MSG_LAYERS = 0x85,
+    MSG_HELLO_PART_ANS = 0x86,
     MSG_ERROR = 0xEE,
 };
 
