@@ -162,6 +162,7 @@ class Device:
         self.bytes_read = 0
         self._last_rx = time.monotonic()
         self.chunk = CHUNK  # shrinks to SMALL_CHUNK once a chunk has been lost
+        self._rtts: list[float] = []  # round trips of answered requests, for the retransmit timer
 
     # --- framing ------------------------------------------------------------------------------------
 
@@ -178,9 +179,12 @@ class Device:
             self._last_rx = time.monotonic()
             del self.received[:-4096]
 
-    def read_frame(self, timeout: float) -> Frame:
-        """The next intact frame; garbage before it is skipped, a frame with a bad CRC is dropped."""
-        deadline = time.monotonic() + timeout
+    def read_frame(self, timeout: float, idle_after: int | None = None) -> Frame:
+        """The next intact frame; garbage before it is skipped, a frame with a bad CRC is dropped. With
+        `idle_after` (a bytes_read mark), give up early once bytes came after the mark and the line has
+        then been quiet for IDLE seconds: an answer arrived garbled."""
+        entered = time.monotonic()
+        deadline = entered + timeout
         while True:
             i = self._buf.find(SYNC)
             if i < 0:
@@ -200,12 +204,17 @@ class Device:
                             return Frame(kind, seq, body[4:])
                         del self._buf[:2]
                         continue
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            # bytes after the mark, or left unframed in the buffer, and then quiet: a garbled answer
+            came = idle_after is not None and (self.bytes_read > idle_after or len(self._buf) > 0)
+            garbled = came and now - max(self._last_rx, entered) >= IDLE  # and this call listened that long
+            if now >= deadline or garbled:
                 raise TargetError(
-                    f"{self.describe}: no intact frame within {timeout:.1f} s; last bytes received: "
-                    f"{bytes(self.received[-64:]).hex(' ') or 'none'}"
+                    f"{self.describe}: no intact frame "
+                    + ("(bytes came, then the line went quiet)" if garbled else f"within {timeout:.1f} s")
+                    + f"; last bytes received: {bytes(self.received[-64:]).hex(' ') or 'none'}"
                 )
-            self._read_some(deadline)
+            self._read_some(deadline if idle_after is None else min(deadline, now + IDLE))
 
     def _raise_error(self, payload: bytes) -> None:
         code, a, b, c, d = struct.unpack_from("<H4I", payload.ljust(18, b"\0"))
@@ -255,13 +264,18 @@ class Device:
             except OSError as e:
                 raise LinkBroken(f"{self.describe}: the connection to the device broke: {e}") from e
             started = time.monotonic()
-            wait = timeout if (kind == INFER and acked) else min(timeout, QUICK)
+            wait = timeout if (kind == INFER and acked) else min(timeout, self._quick())
             mark = self.bytes_read
             try:
                 f = self._await(seq, kind, answer, started + wait, mark, ack_ok=not acked)
+                if kind != INFER or f.kind == ACK:
+                    self._rtts.append(time.monotonic() - started)
+                    del self._rtts[:-32]
                 if f.kind == ACK and kind == INFER and answer == STATS:
                     acked = True
-                    f = self._await(seq, kind, answer, time.monotonic() + timeout, self.bytes_read, ack_ok=False)
+                    # bytes read with the ACK and not yet framed count as arrived (the figures may be in them)
+                    mark = self.bytes_read - len(self._buf)
+                    f = self._await(seq, kind, answer, time.monotonic() + timeout, mark, ack_ok=False)
                 return f
             except _Retry as e:
                 last = e
@@ -281,15 +295,19 @@ class Device:
             if (max_attempts is not None and attempt >= max_attempts) or time.monotonic() >= budget_end:
                 raise NoAnswer(f"{self.describe}: no intact answer to {name} after {attempt} attempt(s): {last}")
 
+    def _quick(self) -> float:
+        """How long an attempt waits for an answer that needs no computing: QUICK until round trips are
+        known, then 8 times the median recent one (QEMU answers in a millisecond, a board at 115200 baud
+        in tens), within [0.05, QUICK] s. Too short costs only a repeat: every request may be repeated."""
+        if len(self._rtts) < 3:
+            return QUICK
+        return min(QUICK, max(0.05, 8 * sorted(self._rtts)[len(self._rtts) // 2]))
+
     def _await(self, seq: int, kind: int, answer: int, deadline: float, mark: int, ack_ok: bool = True) -> Frame:
         """The answer to request `seq` before `deadline` (an INFER's ACK too, with `ack_ok`), or _Retry."""
         while True:
-            now = time.monotonic()
-            limit = deadline
-            if self.bytes_read > mark:  # bytes came: if the line then goes quiet, the answer was garbled
-                limit = min(limit, max(self._last_rx + IDLE, now + 0.001))
             try:
-                f = self.read_frame(max(0.0, limit - now))
+                f = self.read_frame(max(0.0, deadline - time.monotonic()), idle_after=mark)
             except LinkBroken:
                 raise
             except TargetError as e:
@@ -323,7 +341,7 @@ class Device:
         mark = self.bytes_read
         try:
             while True:
-                f = self.read_frame(timeout)
+                f = self.read_frame(timeout, idle_after=mark)  # a garbled boot HELLO: ask at once
                 if f.kind == HELLO:
                     return parse_hello(f.payload)
                 if f.kind == ERROR:

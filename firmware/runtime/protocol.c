@@ -17,6 +17,19 @@ uint32_t proto_crc32(uint32_t crc, const uint8_t *p, uint32_t n)
     return ~crc;
 }
 
+uint32_t proto_max_request(uint8_t type)
+{
+    switch (type) {
+    case MSG_HELLO_REQ: return 0;
+    case MSG_HELLO_PART: return 4;
+    case MSG_SET_INPUT: return PROTO_MAX_PAYLOAD;
+    case MSG_INFER: return 4;
+    case MSG_GET_OUTPUT: return 7;
+    case MSG_GET_LAYERS: return 2;
+    default: return 16; /* short: read it, and its CRC tells a damaged header from an unknown request */
+    }
+}
+
 int proto_read(frame_t *f)
 {
     uint8_t head[4];
@@ -40,6 +53,11 @@ int proto_read(frame_t *f)
     f->length = (uint16_t)(head[2] | (head[3] << 8));
     if (f->length > PROTO_MAX_PAYLOAD) {
         return ERR_TOO_LONG;
+    }
+    /* A header a noisy link damaged: an unknown type, or a length no such request has. Waiting for
+     * that many payload bytes would swallow the host's next requests, so resynchronise at once. */
+    if (f->length > proto_max_request(f->type)) {
+        return ERR_BAD_CRC;
     }
     for (uint32_t i = 0; i < f->length; i++) {
         f->payload[i] = (uint8_t)board_uart_getc();

@@ -41,6 +41,8 @@ typedef struct {
 } frame_t;
 
 uint32_t proto_crc32(uint32_t crc, const uint8_t *p, uint32_t n);
+/* The longest payload a request of `type` has (16 for a type that is no request). */
+uint32_t proto_max_request(uint8_t type);
 /* Blocks for the next frame. Returns 0, or an ERR_* code (the frame's seq is still filled in). */
 int proto_read(frame_t *f);
 void proto_send(uint8_t type, uint8_t seq, const uint8_t *payload, uint16_t length);

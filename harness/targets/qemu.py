@@ -77,7 +77,9 @@ class QemuSession:
                 if self.proc.poll() is None or attempt == 2:
                     self.close()
                     raise
-        self.device = Device(self.port, timeout=timeout, describe=self.describe)
+        from harness.targets.noise import from_env
+
+        self.device = Device(from_env(self.port), timeout=timeout, describe=self.describe)
         try:
             self.hello: Hello = self.device.wait_hello(startup_timeout)
         except BaseException:
