@@ -15,6 +15,7 @@ from conftest import require_tools
 from harness import protocol as P
 from harness.boards import get_board
 from harness.build import build_firmware
+from harness.errors import TargetError
 from harness.targets.qemu import QemuTarget
 
 STUB = Path(__file__).parent / "fixtures" / "stub_model"  # output = input + 1, one 1000-byte input
@@ -32,6 +33,13 @@ def device(tmp_path_factory):
 
 
 def _send_raw(dev, frame: bytes) -> None:
+    # first drop answers still on their way: Device may have sent a request twice (its retransmit timer
+    # follows the round trip) and the repeat's answer must not pass for this frame's
+    try:
+        while True:
+            dev.read_frame(0.2)
+    except TargetError:
+        pass
     dev.port.write(frame)
     dev.port.flush()
 
