@@ -104,22 +104,13 @@ def structurally_streamable(graph: Graph, op: Op) -> bool:
     return len(x.shape) == 4 and x.shape[0] == 1 and not x.is_const
 
 
-def consumers(graph: Graph) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for k, op in enumerate(graph.ops):
-        for t in op.inputs:
-            if t >= 0:
-                out.setdefault(t, []).append(k)
-    return out
-
-
 def make_group(graph: Graph, ops: list[int], geo: dict[int, tuple] | None = None, readers=None) -> FusedGroup | None:
     """The group of the consecutive layers `ops`, scheduled, or None where it is not a valid group: some
     intermediate is read after the group or is a graph output, or a layer reads a tensor made later.
-    `geo` caches geometry() per layer, `readers` consumers() (the search builds many groups)."""
+    `geo` caches geometry() per layer, `readers` graph.consumers() (the search builds many groups)."""
     if len(ops) < 2:
         return None
-    readers = consumers(graph) if readers is None else readers
+    readers = graph.consumers() if readers is None else readers
     geo = {} if geo is None else geo
     for k in ops:
         if k not in geo:
@@ -229,7 +220,7 @@ def runs(graph: Graph, can_stream: Callable[[int], bool]) -> list[list[int]]:
 def clean_cuts(graph: Graph, run: list[int]) -> list[int]:
     """Positions i in `run` after which the run may be cut: no tensor made in run[:i+1] other than
     run[i]'s output is read after run[i]. The last position is always a candidate end."""
-    readers = consumers(graph)
+    readers = graph.consumers()
     cuts = []
     for i, k in enumerate(run):
         ok = True
@@ -285,7 +276,7 @@ def choose(
     considered: list[tuple[str, int]] = [("layer by layer", max(unfused, default=0))]
     chosen: list[FusedGroup] = []
     geo: dict[int, tuple] = {}
-    readers = consumers(graph)
+    readers = graph.consumers()
     for run in runs(graph, can_stream):
         ends = set(clean_cuts(graph, run))
         n = len(run)
