@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from harness.errors import MalformedModelError, UnsupportedModelError
+from harness.model.ir import op_macs
 
 # Limits a microcontroller implies, with room: the largest boards here have 2 MB of flash and 1 MB of
 # SRAM. A tensor or model past these is a corrupt file, not a model to plan (a flipped byte in a shape
@@ -73,7 +74,7 @@ def check_graph(graph) -> None:
         _CHECKS.get(op.kind, _no_check)(graph, op, where)
         if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             _check_requant_range(graph, op, where)
-        macs += _macs(graph, op)
+        macs += op_macs(graph, op)
         if macs > MAX_MACS:
             raise MalformedModelError(f"{where}: the model's MACs pass {MAX_MACS:,}: a corrupt shape?")
 
@@ -328,12 +329,3 @@ def _check_requant_range(graph, op, where: str) -> None:
             f"accumulators of up to {int(reach[c]):,} out of int32 (TFLite's kernels would overflow too): check "
             "the scales of its input, weights and output"
         )
-
-
-def _macs(graph, op) -> int:
-    if op.kind not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-        return 0
-    y, w = graph.tensors[op.outputs[0]], graph.tensors[op.inputs[1]]
-    if op.kind == "FULLY_CONNECTED":
-        return y.size * w.shape[1]
-    return y.size * w.shape[1] * w.shape[2] * (w.shape[3] if op.kind == "CONV_2D" else 1)
