@@ -2,21 +2,35 @@
 
 A frame::
 
-    0xA5 0x5A | type u8 | seq u8 | length u16 LE | payload (<= 1100 bytes) | CRC-32 LE over type..payload
+    0xA5 0x5A | type u8 | seq u8 | length u16 LE | CRC-16 LE of those 4 | payload (<= 1100 bytes) |
+    CRC-32 LE over type, seq, length and payload
+
+(The header's own check lets either side refuse a damaged length at once, rather than wait for that many
+bytes and swallow the frames behind it.)
 
 Requests (host -> device) and their answers:
 
     HELLO_REQ  0x01  ()                                   -> HELLO 0x81 (version, clock, arena needed,
                                                             stack, MACs u32; 5 strings; I/O tensors;
                                                             arena used u32: the engine allocator's count)
-    HELLO_PART 0x06  (offset u16, max u16)                -> HELLO_PART 0x86 (total u16, offset u16, bytes):
-                                                            HELLO in slices, for a noisy link
+    HELLO_PART 0x06  (offset u16, max u16, count u8,      -> count x HELLO_PART 0x86 (total u16, offset u16,
+                      what u8, tag u8)                      bytes), back to back: slices of at most max
+                                                            bytes of HELLO (what 0x81) or of the kept STATS
+                                                            (0x83) of the INFER with seq `tag`, for a
+                                                            noisy link
     SET_INPUT  0x02  (index u8, offset u32, bytes)       -> ACK 0x82 (type u8)
+    PUT_INPUT  0x07  (index u8, offset u32, bytes)       -> no answer, not even an error: chunks go back
+                                                            to back, then one CHECK says which landed
+    CHECK      0x08  (first seq u8, count u8, 1..128)    -> CHECKED 0x88 (first u8, count u8, a bit for each
+                                                            of the PUT_INPUTs with seq first.. first+count-1:
+                                                            set when it was stored since the last request
+                                                            that was not a PUT_INPUT; a repeated CHECK gets
+                                                            the same answer)
     INFER      0x03  (repetitions u32, 1..120)           -> ACK 0x82 (0x03) at once, then STATS 0x83
                                                             (n u32, peak stack u32, arena high water u32,
                                                             n x count u64)
     GET_OUTPUT 0x04  (index u8, offset u32, length u16)  -> OUTPUT 0x84 (index u8, offset u32, bytes)
-    GET_LAYERS 0x05  (first u16)                          -> LAYERS 0x85 (first u16, layers u16,
+    GET_LAYERS 0x05  (first u16, most u16: 0 = any)      -> LAYERS 0x85 (first u16, layers u16,
                                                             n x count u64: the counter at each layer's end
                                                             in the last repetition; layers 0 unless the
                                                             firmware was built to profile)
@@ -28,11 +42,13 @@ The device echoes the request's sequence number and sends HELLO once at boot una
 request again, with the same sequence number, until an intact answer arrives (Device.request says when).
 Every request but INFER is idempotent; an INFER that arrives twice in a row with the same sequence number
 is answered with the kept figures of its first run, so a lost answer is never a second, different run.
-On a link that loses a chunk, SET_INPUT and GET_OUTPUT move to SMALL_CHUNK-byte chunks for good.
+Inputs go as PUT_INPUT chunks back to back and a CHECK (one round trip, not one a chunk); the chunks it
+finds missing go again. On a link that loses a chunk, chunks shrink for good (PUT_CHUNK, SMALL_CHUNK).
 """
 
 from __future__ import annotations
 
+import binascii
 import struct
 import time
 import zlib
@@ -41,16 +57,25 @@ from dataclasses import dataclass, field
 from harness.errors import ProtocolError, TargetError
 
 SYNC = b"\xa5\x5a"
-VERSION = 1
+VERSION = 2
 QUICK = 0.5  # seconds: an answer that needs no computing comes well within this, even at 115200 baud
 IDLE = 0.1  # seconds of quiet after bytes that made no intact frame: the answer was garbled
+QUICK_MIN, IDLE_MIN = 0.02, 0.005  # the floors once round trips are known (QEMU answers in a millisecond)
+BYTE_TIME = 10 / 115200  # seconds a byte takes at 115200 baud (8N1)
 SMALL_CHUNK = 48  # bytes a chunk once the link has lost one: short frames get through noise
 MAX_PAYLOAD = 1100
 CHUNK = 1024
 MAX_REPS = 120
 
+HELLO_SLICE, HELLO_BURST = 24, 16  # HELLO on a noisy link: slices of 24 bytes, up to 16 to a request
+PUT_CHUNK = 24  # input bytes a PUT_INPUT once the link has lost one: rounds are cheap, so short frames win
+ROUND = 128  # PUT_INPUTs a CHECK asks about (sequence numbers are 8 bits: a round must not wrap into itself)
+BARREN_ROUNDS = 32  # rounds in a row in which no chunk lands: the link cannot carry them (noise alone
+# loses a 40-byte frame about half the time at 2 % of bytes damaged; 32 times in a row, never)
 HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT, GET_LAYERS, HELLO_PART = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-HELLO, ACK, STATS, OUTPUT, LAYERS, HELLO_PART_ANS, ERROR = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0xEE
+PUT_INPUT, CHECK = 0x07, 0x08
+HELLO, ACK, STATS, OUTPUT, LAYERS, HELLO_PART_ANS, CHECKED = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x88
+ERROR = 0xEE
 ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG, ERR_ENGINE = 1, 2, 3, 4, 5, 6
 REQUEST_NAMES = {
     HELLO_REQ: "HELLO",
@@ -59,13 +84,26 @@ REQUEST_NAMES = {
     GET_OUTPUT: "GET_OUTPUT",
     GET_LAYERS: "GET_LAYERS",
     HELLO_PART: "HELLO_PART",
+    PUT_INPUT: "PUT_INPUT",
+    CHECK: "CHECK",
 }
 FAULT_KINDS = {1: "HardFault", 2: "MemManage", 3: "BusFault", 4: "UsageFault", 5: "unexpected interrupt"}
 
 
+def head_check(head: bytes) -> bytes:
+    """The check of a frame's 4 header bytes: CRC-16/CCITT (polynomial 0x1021, from 0xFFFF), little-endian
+    (firmware/runtime/protocol.c computes the same). 16 bits, not 8: a damaged length that passed would
+    make the device swallow that many bytes of the frames behind it."""
+    return struct.pack("<H", binascii.crc_hqx(bytes(head), 0xFFFF))
+
+
+HEAD = 8  # sync, type, seq, length, header check: the bytes before the payload
+OVERHEAD = HEAD + 4  # and the CRC-32 after it
+
+
 def encode(kind: int, seq: int, payload: bytes = b"") -> bytes:
     head = struct.pack("<BBH", kind, seq & 0xFF, len(payload))
-    return SYNC + head + payload + struct.pack("<I", zlib.crc32(head + payload))
+    return SYNC + head + head_check(head) + payload + struct.pack("<I", zlib.crc32(head + payload))
 
 
 @dataclass
@@ -131,6 +169,14 @@ def parse_hello(p: bytes) -> Hello:
     return Hello(version, clock, arena, stack, macs, *strings, specs[:n_in], specs[n_in:], used)
 
 
+class Refused(ProtocolError):
+    """The device answered the request with an ERROR (bad request, out of range): `code` says which."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class NoAnswer(TargetError):
     """No intact answer after every attempt the request was allowed (a link too noisy, or a chunk too long)."""
 
@@ -151,18 +197,23 @@ class EngineFailed(TargetError):
 class Device:
     """Requests to a device over any pyserial-like port (a COM port, or `socket://` for QEMU)."""
 
-    def __init__(self, port, timeout: float = 30.0, retries: int = 3, describe: str = "device") -> None:
+    def __init__(
+        self, port, timeout: float = 30.0, retries: int = 3, describe: str = "device", rtt_hint: float | None = None
+    ) -> None:
         self.port = port
         self.timeout = timeout
         self.retries = retries
         self.describe = describe
         self._seq = 0
+        self.last_seq = 0  # the sequence number of the last request()
         self._buf = bytearray()
         self.received = bytearray()  # the last bytes read, for error reports
         self.bytes_read = 0
         self._last_rx = time.monotonic()
         self.chunk = CHUNK  # shrinks to SMALL_CHUNK once a chunk has been lost
+        self.put_chunk = CHUNK  # shrinks to PUT_CHUNK once an input chunk has been lost
         self._rtts: list[float] = []  # round trips of answered requests, for the retransmit timer
+        self._rtt_hint = rtt_hint  # the round trip the link is known to have, until three are measured
 
     # --- framing ------------------------------------------------------------------------------------
 
@@ -191,30 +242,30 @@ class Device:
                 del self._buf[: max(0, len(self._buf) - 1)]
             else:
                 del self._buf[:i]
-                if len(self._buf) >= 6:
+                if len(self._buf) >= HEAD:
                     kind, seq, length = struct.unpack_from("<BBH", self._buf, 2)
-                    if length > MAX_PAYLOAD:
+                    if length > MAX_PAYLOAD or head_check(self._buf[2:6]) != self._buf[6:HEAD]:
                         del self._buf[:2]  # not a real header: resynchronise past this marker
                         continue
-                    if len(self._buf) >= 10 + length:
-                        body = bytes(self._buf[2 : 6 + length])
-                        (crc,) = struct.unpack_from("<I", self._buf, 6 + length)
+                    if len(self._buf) >= OVERHEAD + length:
+                        body = bytes(self._buf[2:6]) + bytes(self._buf[HEAD : HEAD + length])
+                        (crc,) = struct.unpack_from("<I", self._buf, HEAD + length)
                         if zlib.crc32(body) == crc:
-                            del self._buf[: 10 + length]
+                            del self._buf[: OVERHEAD + length]
                             return Frame(kind, seq, body[4:])
                         del self._buf[:2]
                         continue
             now = time.monotonic()
             # bytes after the mark, or left unframed in the buffer, and then quiet: a garbled answer
             came = idle_after is not None and (self.bytes_read > idle_after or len(self._buf) > 0)
-            garbled = came and now - max(self._last_rx, entered) >= IDLE  # and this call listened that long
+            garbled = came and now - max(self._last_rx, entered) >= self._idle()  # and this call listened that long
             if now >= deadline or garbled:
                 raise TargetError(
                     f"{self.describe}: no intact frame "
                     + ("(bytes came, then the line went quiet)" if garbled else f"within {timeout:.1f} s")
                     + f"; last bytes received: {bytes(self.received[-64:]).hex(' ') or 'none'}"
                 )
-            self._read_some(deadline if idle_after is None else min(deadline, now + IDLE))
+            self._read_some(deadline if idle_after is None else min(deadline, now + self._idle()))
 
     def _raise_error(self, payload: bytes) -> None:
         code, a, b, c, d = struct.unpack_from("<H4I", payload.ljust(18, b"\0"))
@@ -225,7 +276,7 @@ class Device:
             )
         if code == ERR_ENGINE:
             raise EngineFailed(f"{self.describe}: the engine failed on the device: {text.strip() or 'no reason given'}")
-        raise ProtocolError(f"{self.describe} refused the request: {text} (code {code}, {a}, {b}, {c})")
+        raise Refused(code, f"{self.describe} refused the request: {text} (code {code}, {a}, {b}, {c})")
 
     def request(
         self,
@@ -235,6 +286,8 @@ class Device:
         timeout: float | None = None,
         retry: bool = True,
         max_attempts: int | None = None,
+        ignore: frozenset[int] = frozenset(),
+        lead_bytes: int = 0,
     ) -> Frame:
         """Send a request and wait for its answer, sending it again until one arrives intact.
 
@@ -245,40 +298,44 @@ class Device:
         as soon as the line has been quiet for IDLE seconds after bytes that made no intact frame (a
         garbled answer). The request fails when the device refuses it, faults or the link breaks; when
         2 x `timeout` passed without one byte (a silent device); or after `max_attempts` (default: as
-        many as fit in (1 + retries) x `timeout`)."""
+        many as fit in (1 + retries) x `timeout`). Reports of damaged frames whose sequence number is in
+        `ignore` (requests sent before this one, which need no answer) do not make it send again.
+        `lead_bytes` were sent just before the request: its first attempt waits as long more as they take
+        at 115200 baud, and does not count as a round trip."""
         timeout = self.timeout if timeout is None else timeout
-        self._seq = (self._seq + 1) & 0xFF
-        seq = self._seq
+        seq = self.last_seq = self._next_seq()
         frame = encode(kind, seq, payload)
         name = REQUEST_NAMES.get(kind, f"0x{kind:02x}")
         budget_end = time.monotonic() + (1 + self.retries) * timeout
         silent = 0.0
         acked = False  # INFER: the device said it has the request (it is computing)
+        # INFER: bytes came after the acknowledgement, so the device is done (it answers in order) and
+        # answers a repeat at once from the kept figures: a repeat lost on the way must not cost `timeout`
+        finished = False
         last: Exception | None = None
         attempt = 0
         while True:
             attempt += 1
-            try:
-                self.port.write(frame)
-                self.port.flush()
-            except OSError as e:
-                raise LinkBroken(f"{self.describe}: the connection to the device broke: {e}") from e
+            self._write(frame)
             started = time.monotonic()
-            wait = timeout if (kind == INFER and acked) else min(timeout, self._quick())
+            wait = timeout if (kind == INFER and acked and not finished) else min(timeout, self._quick())
+            if attempt == 1:
+                wait += lead_bytes * BYTE_TIME
             mark = self.bytes_read
             try:
-                f = self._await(seq, kind, answer, started + wait, mark, ack_ok=not acked)
-                if kind != INFER or f.kind == ACK:
+                f = self._await(seq, kind, answer, started + wait, mark, ack_ok=not acked, ignore=ignore)
+                if (kind != INFER or f.kind == ACK) and not (attempt == 1 and lead_bytes):
                     self._rtts.append(time.monotonic() - started)
                     del self._rtts[:-32]
                 if f.kind == ACK and kind == INFER and answer == STATS:
                     acked = True
                     # bytes read with the ACK and not yet framed count as arrived (the figures may be in them)
                     mark = self.bytes_read - len(self._buf)
-                    f = self._await(seq, kind, answer, time.monotonic() + timeout, mark, ack_ok=False)
+                    f = self._await(seq, kind, answer, time.monotonic() + timeout, mark, ack_ok=False, ignore=ignore)
                 return f
             except _Retry as e:
                 last = e
+            finished = finished or (acked and self.bytes_read > mark)
             if self.bytes_read == mark:
                 silent += time.monotonic() - started
             else:
@@ -295,15 +352,45 @@ class Device:
             if (max_attempts is not None and attempt >= max_attempts) or time.monotonic() >= budget_end:
                 raise NoAnswer(f"{self.describe}: no intact answer to {name} after {attempt} attempt(s): {last}")
 
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFF
+        return self._seq
+
+    def _write(self, frame: bytes) -> None:
+        try:
+            self.port.write(frame)
+            self.port.flush()
+        except OSError as e:
+            raise LinkBroken(f"{self.describe}: the connection to the device broke: {e}") from e
+
+    def _median_rtt(self) -> float | None:
+        return sorted(self._rtts)[len(self._rtts) // 2] if len(self._rtts) >= 3 else self._rtt_hint
+
     def _quick(self) -> float:
         """How long an attempt waits for an answer that needs no computing: QUICK until round trips are
-        known, then 8 times the median recent one (QEMU answers in a millisecond, a board at 115200 baud
-        in tens), within [0.05, QUICK] s. Too short costs only a repeat: every request may be repeated."""
-        if len(self._rtts) < 3:
-            return QUICK
-        return min(QUICK, max(0.05, 8 * sorted(self._rtts)[len(self._rtts) // 2]))
+        known (measured, or hinted by the target), then 8 times the median recent one (QEMU answers in a
+        millisecond, a board at 115200 baud in tens), within [QUICK_MIN, QUICK] s. Too short costs only a
+        repeat: every request may be repeated."""
+        rtt = self._median_rtt()
+        return QUICK if rtt is None else min(QUICK, max(QUICK_MIN, 8 * rtt))
 
-    def _await(self, seq: int, kind: int, answer: int, deadline: float, mark: int, ack_ok: bool = True) -> Frame:
+    def _idle(self) -> float:
+        """The quiet after unframed bytes that means an answer arrived garbled: IDLE until round trips are
+        known, then twice the median one (an answer's bytes come closer together than a round trip's),
+        within [IDLE_MIN, IDLE] s."""
+        rtt = self._median_rtt()
+        return IDLE if rtt is None else min(IDLE, max(IDLE_MIN, 2 * rtt))
+
+    def _await(
+        self,
+        seq: int,
+        kind: int,
+        answer: int,
+        deadline: float,
+        mark: int,
+        ack_ok: bool = True,
+        ignore: frozenset[int] = frozenset(),
+    ) -> Frame:
         """The answer to request `seq` before `deadline` (an INFER's ACK too, with `ack_ok`), or _Retry."""
         while True:
             try:
@@ -319,6 +406,8 @@ class Device:
                 if code in (ERR_FAULT, ERR_ENGINE):  # whatever request it answers: the device is done
                     self._raise_error(f.payload)
                 if code in (ERR_BAD_CRC, ERR_TOO_LONG):  # a request arrived damaged (maybe ours): send again
+                    if f.seq in ignore:
+                        continue
                     raise _Retry(f"{self.describe} received a damaged request")
                 if f.seq != seq:
                     continue
@@ -353,24 +442,63 @@ class Device:
                 raise
             if self.bytes_read == mark:
                 return parse_hello(self.request(HELLO_REQ, b"", HELLO, retry=False).payload)
-            return self.hello()
+            return self.hello(whole=False)  # the boot HELLO arrived garbled: the link is noisy
 
-    def hello(self) -> Hello:
-        try:
-            return parse_hello(self.request(HELLO_REQ, b"", HELLO, max_attempts=3).payload)
-        except NoAnswer:
-            pass  # a long frame through a noisy link: ask for it in slices
-        data, total = bytearray(), None
-        while total is None or len(data) < total:
-            f = self.request(HELLO_PART, struct.pack("<HH", len(data), SMALL_CHUNK), HELLO_PART_ANS)
-            n, off = struct.unpack_from("<HH", f.payload)
-            if off != len(data) or (total is not None and n != total):
-                raise ProtocolError(f"HELLO slice at {off} of {n} does not answer the request")
-            total = n
-            data += f.payload[4:]
-            if len(f.payload) == 4 and len(data) < total:
-                raise ProtocolError(f"HELLO slice at {off} of {n} is empty")
-        return parse_hello(bytes(data))
+    def hello(self, whole: bool = True) -> Hello:
+        """HELLO asked for: whole (up to 2 attempts), then, or with `whole` False, in slices."""
+        if whole:
+            try:
+                return parse_hello(self.request(HELLO_REQ, b"", HELLO, max_attempts=2).payload)
+            except NoAnswer:
+                pass  # a long frame through a noisy link: ask for it in slices
+        return parse_hello(self._slices(HELLO))
+
+    def _slices(self, what: int, tag: int = 0) -> bytes:
+        """A long answer (HELLO, or the kept STATS of the INFER with sequence number `tag`) in
+        HELLO_SLICE-byte slices, asked for HELLO_BURST at a time and sent back to back; the slices lost go
+        again, each run of them in one request."""
+        got: dict[int, bytes] = {}
+        total = None
+        barren = had = 0
+        while total is None or len(missing := [o for o in range(0, total, HELLO_SLICE) if o not in got]) > 0:
+            barren = barren + 1 if total is not None and len(got) == had else 0
+            if barren >= BARREN_ROUNDS:
+                raise NoAnswer(f"{self.describe}: no new slice of 0x{what:02x} in {barren} requests in a row")
+            had = len(got)
+            first, count = (0, HELLO_BURST) if total is None else (missing[0], 1)
+            while total is not None and first + count * HELLO_SLICE in missing and count < HELLO_BURST:
+                count += 1
+            ask = struct.pack("<HHBBB", first, HELLO_SLICE, count, what, tag)
+            f = self.request(HELLO_PART, ask, HELLO_PART_ANS)
+            seq = f.seq
+            while True:
+                n, off = struct.unpack_from("<HH", f.payload)
+                slice_ = f.payload[4:]
+                bad = off % HELLO_SLICE or (total is not None and n != total) or off > n
+                if bad or len(slice_) != min(HELLO_SLICE, n - off):
+                    raise ProtocolError(f"slice at {off} of {n} does not answer the request for 0x{what:02x}")
+                total = n
+                if off < n:
+                    got[off] = slice_
+                if off + len(slice_) >= min(n, first + count * HELLO_SLICE):
+                    break  # the last slice asked for is in
+                f = self._more(seq)
+                if f is None:
+                    break
+        return b"".join(got[o] for o in range(0, total, HELLO_SLICE))
+
+    def _more(self, seq: int) -> Frame | None:
+        """Another answer to request `seq`, of several it has (sent back to back), or None once the line
+        has gone quiet."""
+        while True:
+            try:
+                f = self.read_frame(self._quick(), idle_after=self.bytes_read - len(self._buf))
+            except LinkBroken:
+                raise
+            except TargetError:
+                return None
+            if f.seq == seq and f.kind != ERROR:
+                return f
 
     def _chunked(self, kind: int, make, answer: int, size: int, check) -> bytes:
         """Send `kind` chunk by chunk over [0, size); a chunk lost on the way shrinks them for good."""
@@ -390,30 +518,82 @@ class Device:
         return bytes(out)
 
     def set_input(self, index: int, data: bytes) -> None:
-        def make(off, n):
-            return struct.pack("<BI", index, off) + data[off : off + n]
-
-        self._chunked(SET_INPUT, make, ACK, len(data), lambda f, off, n: b"")
+        """Input `index` as PUT_INPUT chunks sent back to back (up to ROUND a round), then one CHECK of
+        which landed; the others go again. One round trip a round, not one a chunk: on a noisy link many
+        chunks of a round get through. A lost chunk shrinks the chunks to PUT_CHUNK bytes for good;
+        BARREN_ROUNDS rounds in a row that land nothing fail the request."""
+        size = len(data)
+        done = bytearray(size)  # 1 for each byte the device is known to hold
+        chunk = self.put_chunk
+        pending = list(range(0, size, chunk))
+        barren = 0
+        while pending:
+            batch = pending[:ROUND]
+            first = (self._seq + 1) & 0xFF
+            for off in batch:
+                head = struct.pack("<BI", index, off)
+                self._write(encode(PUT_INPUT, self._next_seq(), head + data[off : off + chunk]))
+            ignore = frozenset((first + k) & 0xFF for k in range(len(batch)))  # their damage reports
+            lead = sum(OVERHEAD + 5 + min(chunk, size - off) for off in batch)
+            f = self.request(CHECK, bytes([first, len(batch)]), CHECKED, ignore=ignore, lead_bytes=lead)
+            if f.payload[:2] != bytes([first, len(batch)]) or len(f.payload) != 2 + (len(batch) + 7) // 8:
+                raise ProtocolError(f"CHECKED for the PUTs from {first} does not answer the request")
+            bits = f.payload[2:]
+            landed = [off for k, off in enumerate(batch) if bits[k >> 3] >> (k & 7) & 1]
+            for off in landed:
+                n = min(chunk, size - off)
+                done[off : off + n] = b"\1" * n
+            barren = 0 if landed else barren + 1
+            if barren >= BARREN_ROUNDS:
+                raise NoAnswer(f"{self.describe}: input {index}: no chunk landed in {barren} rounds in a row")
+            if len(landed) < len(batch) and self.put_chunk > PUT_CHUNK:
+                self.put_chunk = chunk = PUT_CHUNK
+            pending = [off for off in range(0, size, chunk) if not all(done[off : off + chunk])]
 
     def infer(self, repetitions: int) -> Stats:
+        """Run `repetitions` inferences and get their figures. Figures too long for a noisy link (more than
+        a SMALL_CHUNK) are asked for in slices after two garbled answers; if the device holds none for
+        this INFER, it never ran it, and it is sent again."""
         if not 1 <= repetitions <= MAX_REPS:
             raise ProtocolError(f"repetitions must lie in 1..{MAX_REPS}, got {repetitions}")
-        f = self.request(INFER, struct.pack("<I", repetitions), STATS)
-        n, stack, hw = struct.unpack_from("<3I", f.payload)
-        if len(f.payload) != 12 + 8 * n or n != repetitions:
-            raise ProtocolError(f"STATS for {n} repetitions in {len(f.payload)} bytes, asked for {repetitions}")
-        counts = list(struct.unpack_from(f"<{n}Q", f.payload, 12))
+        ask = struct.pack("<I", repetitions)
+        if 12 + 8 * repetitions <= SMALL_CHUNK:
+            payload = self.request(INFER, ask, STATS).payload
+        else:
+            try:
+                payload = self.request(INFER, ask, STATS, max_attempts=2).payload
+            except NoAnswer:
+                try:
+                    payload = self._slices(STATS, tag=self.last_seq)
+                except Refused as e:
+                    if e.code != ERR_OUT_OF_RANGE:
+                        raise
+                    payload = self.request(INFER, ask, STATS).payload
+        n, stack, hw = struct.unpack_from("<3I", payload)
+        if len(payload) != 12 + 8 * n or n != repetitions:
+            raise ProtocolError(f"STATS for {n} repetitions in {len(payload)} bytes, asked for {repetitions}")
+        counts = list(struct.unpack_from(f"<{n}Q", payload, 12))
         return Stats(counts, stack, hw)
 
     def get_layers(self) -> list[int]:
         """The counter at the end of each layer of the last inference, from its start (cumulative). Empty
-        when the firmware was not built to profile layers."""
+        when the firmware was not built to profile layers. As many to a frame as fit, or a SMALL_CHUNK's
+        worth once the link has lost a long frame."""
         ends: list[int] = []
         while True:
-            f = self.request(GET_LAYERS, struct.pack("<H", len(ends)), LAYERS)
+            most = 0 if self.chunk > SMALL_CHUNK else SMALL_CHUNK // 8
+            try:
+                ask = struct.pack("<HH", len(ends), most)
+                f = self.request(GET_LAYERS, ask, LAYERS, max_attempts=2 if most == 0 else None)
+            except NoAnswer:
+                if most:
+                    raise
+                self.chunk = SMALL_CHUNK
+                continue
             first, total = struct.unpack_from("<HH", f.payload)
             n = (len(f.payload) - 4) // 8
-            if first != len(ends) or (len(f.payload) - 4) % 8 or first + n > total or (n == 0 and first < total):
+            broken = (len(f.payload) - 4) % 8 or first + n > total or (n == 0 and first < total)
+            if first != len(ends) or broken or (most and n > most):
                 raise ProtocolError(f"LAYERS from {first} with {n} of {total} layers does not answer the request")
             ends += struct.unpack_from(f"<{n}Q", f.payload, 4)
             if len(ends) == total:

@@ -159,15 +159,15 @@ class PtyDevice:
             except OSError:
                 time.sleep(0.01)
                 continue
-            while len(buf) >= 10:
+            while len(buf) >= protocol.OVERHEAD:
                 i = buf.find(protocol.SYNC)
                 if i < 0:
                     buf = b""
                     break
                 kind, seq, n = struct.unpack_from("<BBH", buf, i + 2)
-                if len(buf) < i + 10 + n:
+                if len(buf) < i + protocol.OVERHEAD + n:
                     break
-                buf = buf[i + 10 + n :]
+                buf = buf[i + protocol.OVERHEAD + n :]
                 if kind == protocol.HELLO_REQ and self.hello is not None:
                     os.write(self.master, protocol.encode(protocol.HELLO, seq, self.hello))
 

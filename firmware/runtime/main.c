@@ -162,57 +162,15 @@ static void send_hello(uint8_t seq)
     proto_send(MSG_HELLO, seq, tx, (uint16_t)n);
 }
 
-/* A slice of HELLO: on a noisy link a 200-byte frame rarely arrives whole, short ones do. The slice
- * goes after the whole payload in tx (which is far larger than HELLO). */
-static void send_hello_part(const frame_t *f)
-{
-    uint32_t n = build_hello();
-    uint32_t off = f->length >= 4 ? (uint32_t)(f->payload[0] | (f->payload[1] << 8)) : 0;
-    uint32_t max = f->length >= 4 ? (uint32_t)(f->payload[2] | (f->payload[3] << 8)) : 64;
-    if (off > n) {
-        off = n;
-    }
-    uint32_t len = n - off < max ? n - off : max;
-    if (len > PROTO_MAX_PAYLOAD - 4 - n) {
-        len = PROTO_MAX_PAYLOAD - 4 - n;
-    }
-    uint8_t *p = tx + n;
-    p[0] = (uint8_t)n;
-    p[1] = (uint8_t)(n >> 8);
-    p[2] = (uint8_t)off;
-    p[3] = (uint8_t)(off >> 8);
-    memmove(p + 4, tx + off, len);
-    proto_send(MSG_HELLO_PART_ANS, f->seq, p, (uint16_t)(4 + len));
-}
-
-static void set_input(const frame_t *f)
-{
-    if (f->length < 5 || f->payload[0] >= MODEL_NUM_INPUTS) {
-        proto_error(f->seq, ERR_BAD_REQUEST, 0, 0, 0, 0, "SET_INPUT: bad index or length");
-        return;
-    }
-    const model_tensor_t *t = &model_inputs[f->payload[0]];
-    uint32_t off = get32(f->payload + 1), n = f->length - 5u;
-    if (off > t->bytes || n > t->bytes - off) {
-        proto_error(f->seq, ERR_OUT_OF_RANGE, off, n, t->bytes, 0, "SET_INPUT: chunk outside the input");
-        return;
-    }
-    uint32_t base = 0;
-    for (uint32_t i = 0; i < f->payload[0]; i++) {
-        base += model_inputs[i].bytes;
-    }
-    memcpy(inputs_copy + base + off, f->payload + 5, n);
-    tx[0] = MSG_SET_INPUT;
-    proto_send(MSG_ACK, f->seq, tx, 1);
-}
-
 /* The last inference's figures, kept so that a repeated INFER (the host lost the answer and sent the
  * same request again: the same sequence number, nothing else in between) gets them again rather than a
- * second run. */
+ * second run, and so that they can be sent in slices. stats_seq is the INFER's sequence number. */
 static uint32_t last_reps, last_stack, last_hw;
 static int stats_kept;
+static uint8_t stats_seq;
 
-static void send_stats(uint8_t seq)
+/* Builds the STATS payload in tx; returns its length. */
+static uint32_t build_stats(void)
 {
     put32(tx, last_reps);
     put32(tx + 4, last_stack);
@@ -221,7 +179,121 @@ static void send_stats(uint8_t seq)
         put32(tx + 12 + 8 * r, (uint32_t)counts[r]);
         put32(tx + 16 + 8 * r, (uint32_t)(counts[r] >> 32));
     }
-    proto_send(MSG_STATS, seq, tx, (uint16_t)(12 + 8 * last_reps));
+    return 12 + 8 * last_reps;
+}
+
+/* Slices of a long answer: on a noisy link a 200-byte frame rarely arrives whole, short ones do.
+ * HELLO_PART (offset u16, max u16, count u8, what u8, tag u8) sends `count` slices of `max` bytes from
+ * `offset` back to back (count 1 when left out), each (total u16, offset u16, bytes), of HELLO (what
+ * 0x81, the default) or of the kept STATS of the INFER whose sequence number is `tag` (what 0x83). A
+ * slice goes after the whole payload in tx. */
+static void send_part(const frame_t *f)
+{
+    const uint32_t what = f->length >= 6 ? f->payload[5] : MSG_HELLO;
+    uint32_t n;
+    if (what == MSG_HELLO) {
+        n = build_hello();
+    } else if (what == MSG_STATS && f->length >= 7 && stats_kept && f->payload[6] == stats_seq) {
+        n = build_stats();
+    } else {
+        proto_error(f->seq, ERR_OUT_OF_RANGE, what, stats_kept, stats_seq, 0, "HELLO_PART: no such answer kept");
+        return;
+    }
+    uint32_t off = f->length >= 4 ? (uint32_t)(f->payload[0] | (f->payload[1] << 8)) : 0;
+    uint32_t max = f->length >= 4 ? (uint32_t)(f->payload[2] | (f->payload[3] << 8)) : 64;
+    uint32_t count = f->length >= 5 && f->payload[4] > 0 ? f->payload[4] : 1;
+    if (max == 0 || max > PROTO_MAX_PAYLOAD - 4 - n) {
+        max = PROTO_MAX_PAYLOAD - 4 - n;
+    }
+    do {
+        if (off > n) {
+            off = n;
+        }
+        const uint32_t len = n - off < max ? n - off : max;
+        uint8_t *p = tx + n;
+        p[0] = (uint8_t)n;
+        p[1] = (uint8_t)(n >> 8);
+        p[2] = (uint8_t)off;
+        p[3] = (uint8_t)(off >> 8);
+        memmove(p + 4, tx + off, len);
+        proto_send(MSG_HELLO_PART_ANS, f->seq, p, (uint16_t)(4 + len));
+        off += len;
+    } while (--count > 0 && off < n);
+}
+
+/* The input bytes of tensor `index` from its first byte, in inputs_copy. */
+static int8_t *input_base(uint32_t index)
+{
+    uint32_t base = 0;
+    for (uint32_t i = 0; i < index; i++) {
+        base += model_inputs[i].bytes;
+    }
+    return inputs_copy + base;
+}
+
+/* SET_INPUT answers ACK or an error; PUT_INPUT stays silent either way (its chunks come back to back, and
+ * a board that transmitted would miss the bytes of the next one), and the host's CHECK asks which landed.
+ * Returns 1 when the chunk was stored. */
+static int set_input(const frame_t *f, int quiet)
+{
+    if (f->length < 5 || f->payload[0] >= MODEL_NUM_INPUTS) {
+        if (!quiet) {
+            proto_error(f->seq, ERR_BAD_REQUEST, 0, 0, 0, 0, "SET_INPUT: bad index or length");
+        }
+        return 0;
+    }
+    const model_tensor_t *t = &model_inputs[f->payload[0]];
+    uint32_t off = get32(f->payload + 1), n = f->length - 5u;
+    if (off > t->bytes || n > t->bytes - off) {
+        if (!quiet) {
+            proto_error(f->seq, ERR_OUT_OF_RANGE, off, n, t->bytes, 0, "SET_INPUT: chunk outside the input");
+        }
+        return 0;
+    }
+    memcpy(input_base(f->payload[0]) + off, f->payload + 5, n);
+    if (!quiet) {
+        tx[0] = MSG_SET_INPUT;
+        proto_send(MSG_ACK, f->seq, tx, 1);
+    }
+    return 1;
+}
+
+/* Bit s: a PUT_INPUT with sequence number s was stored since the last other request. Any other request
+ * clears them all once it is served, so a bit never outlives the round of PUTs it belongs to. */
+static uint8_t landed[32];
+static uint8_t checked[2 + 16]; /* the last CHECKED payload, for a CHECK repeated because its answer was lost */
+static uint16_t checked_len;
+
+/* CHECK (first seq u8, count u8, 1..128) -> CHECKED (first, count, count bits: bit k set when the PUT
+ * with seq first + k landed). A repeat gets the kept answer: the bits were cleared by the first. */
+static void check_landed(const frame_t *f, int repeated)
+{
+    if (repeated && checked_len > 0) {
+        proto_send(MSG_CHECKED, f->seq, checked, checked_len);
+        return;
+    }
+    const uint32_t first = f->length >= 2 ? f->payload[0] : 0, count = f->length >= 2 ? f->payload[1] : 0;
+    if (count == 0 || count > 128) {
+        checked_len = 0; /* a repeat of this request is refused again, not given an older answer */
+        proto_error(f->seq, ERR_BAD_REQUEST, count, 128, 0, 0, "CHECK: count out of range");
+        return;
+    }
+    memset(checked, 0, sizeof checked);
+    checked[0] = (uint8_t)first;
+    checked[1] = (uint8_t)count;
+    for (uint32_t k = 0; k < count; k++) {
+        const uint32_t s = (first + k) & 0xFFu;
+        if (landed[s >> 3] & (1u << (s & 7u))) {
+            checked[2 + (k >> 3)] |= (uint8_t)(1u << (k & 7u));
+        }
+    }
+    checked_len = (uint16_t)(2u + (count + 7u) / 8u);
+    proto_send(MSG_CHECKED, f->seq, checked, checked_len);
+}
+
+static void send_stats(uint8_t seq)
+{
+    proto_send(MSG_STATS, seq, tx, (uint16_t)build_stats());
 }
 
 static void infer(const frame_t *f, int repeated)
@@ -257,6 +329,7 @@ static void infer(const frame_t *f, int repeated)
     last_stack = peak_stack();
     last_hw = arena_high_water();
     stats_kept = 1;
+    stats_seq = f->seq;
     send_stats(f->seq);
 }
 
@@ -278,8 +351,8 @@ static void get_output(const frame_t *f)
     proto_send(MSG_OUTPUT, f->seq, tx, (uint16_t)(5 + n));
 }
 
-/* GET_LAYERS (first u16) -> LAYERS (first u16, total u16, n x u64 counts at each layer's end). A build
- * without profiling answers total 0. */
+/* GET_LAYERS (first u16, most u16) -> LAYERS (first u16, total u16, n x u64 counts at each layer's end),
+ * n at most `most` (0 or left out: as many as fit). A build without profiling answers total 0. */
 static void get_layers(const frame_t *f)
 {
 #if HARNESS_LAYER_PROFILE
@@ -293,9 +366,11 @@ static void get_layers(const frame_t *f)
         return;
     }
     uint32_t n = total - first;
-    if (n > (PROTO_MAX_PAYLOAD - 4u) / 8u) {
-        n = (PROTO_MAX_PAYLOAD - 4u) / 8u;
+    uint32_t most = f->length >= 4 ? (uint32_t)f->payload[2] | ((uint32_t)f->payload[3] << 8) : 0;
+    if (most == 0 || most > (PROTO_MAX_PAYLOAD - 4u) / 8u) {
+        most = (PROTO_MAX_PAYLOAD - 4u) / 8u; /* as many as fit a frame */
     }
+    n = n < most ? n : most;
     tx[0] = (uint8_t)first;
     tx[1] = (uint8_t)(first >> 8);
     tx[2] = (uint8_t)total;
@@ -350,12 +425,22 @@ int main(void)
         last_seq = rx.seq;
         switch (rx.type) {
         case MSG_HELLO_REQ: send_hello(rx.seq); break;
-        case MSG_HELLO_PART: send_hello_part(&rx); break;
-        case MSG_SET_INPUT: stats_kept = 0; set_input(&rx); break;
+        case MSG_HELLO_PART: send_part(&rx); break;
+        case MSG_SET_INPUT: stats_kept = 0; set_input(&rx, 0); break;
+        case MSG_PUT_INPUT:
+            stats_kept = 0;
+            if (set_input(&rx, 1)) {
+                landed[rx.seq >> 3] |= (uint8_t)(1u << (rx.seq & 7u));
+            }
+            break;
+        case MSG_CHECK: check_landed(&rx, repeated); break;
         case MSG_INFER: infer(&rx, repeated); break;
         case MSG_GET_OUTPUT: get_output(&rx); break;
         case MSG_GET_LAYERS: get_layers(&rx); break;
         default: proto_error(rx.seq, ERR_BAD_REQUEST, rx.type, 0, 0, 0, "unknown request"); break;
+        }
+        if (rx.type != MSG_PUT_INPUT) {
+            memset(landed, 0, sizeof landed);
         }
     }
 }

@@ -79,7 +79,8 @@ class QemuSession:
                     raise
         from harness.targets.noise import from_env
 
-        self.device = Device(from_env(self.port), timeout=timeout, describe=self.describe)
+        # a local socket into QEMU: answers come within milliseconds, so retransmit timers start short
+        self.device = Device(from_env(self.port), timeout=timeout, describe=self.describe, rtt_hint=0.002)
         try:
             self.hello: Hello = self.device.wait_hello(startup_timeout)
         except BaseException:
