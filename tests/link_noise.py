@@ -1,6 +1,7 @@
 """Bench runs through a noisy serial link (harness/targets/noise.py), against a clean run:
 
     python tests/link_noise.py --runs 40 [--model mlperf_kws] [--board qemu-m4] [--flip 0.01 --drop 0.005 --dup 0.005]
+                                         [--repetitions 5] [--layers]
 
 prints runs completed with figures identical to the clean run's, completed with other figures (wrong),
 failed, and each run's time over the clean run's. tests/test_link_noise.py runs one of them.
@@ -22,17 +23,18 @@ from harness.errors import HarnessError  # noqa: E402
 
 def figures(r) -> tuple:
     f = r["figures"]
-    return tuple(f["count"]["all"]), f["peak_stack_bytes"], f["arena_high_water_bytes"], r["outputs_match"]
+    layers = repr(r.get("layers"))  # per-layer figures, in a profiling run
+    return tuple(f["count"]["all"]), f["peak_stack_bytes"], f["arena_high_water_bytes"], r["outputs_match"], layers
 
 
-def one(model: str, board: str, noise: str | None, timeout: float = 120.0) -> tuple[tuple | None, float, str]:
+def one(model: str, board: str, noise: str | None, timeout: float = 120.0, **bench) -> tuple[tuple | None, float, str]:
     if noise:
         os.environ["HARNESS_LINK_NOISE"] = noise
     else:
         os.environ.pop("HARNESS_LINK_NOISE", None)
     t0 = time.monotonic()
     try:
-        r = run_bench(BenchOptions(board=board, model=model, target="qemu", record=False, timeout=timeout))
+        r = run_bench(BenchOptions(board=board, model=model, target="qemu", record=False, timeout=timeout, **bench))
         return figures(r), time.monotonic() - t0, ""
     except HarnessError as e:
         return None, time.monotonic() - t0, f"{type(e).__name__}: {e}"[:200]
@@ -48,16 +50,22 @@ def main() -> int:
     ap.add_argument("--flip", type=float, default=0.01)
     ap.add_argument("--drop", type=float, default=0.005)
     ap.add_argument("--dup", type=float, default=0.005)
+    ap.add_argument("--repetitions", type=int, default=5)
+    ap.add_argument("--layers", action="store_true", help="a profiling build: per-layer figures too")
     a = ap.parse_args()
-    clean, t_clean, why = one(a.model, a.board, None)
+    bench = {"repetitions": a.repetitions, "layers": a.layers}
+    one(a.model, a.board, None, **bench)  # builds the firmware (or finds it cached): the clean time is the link's
+    clean, t_clean, why = one(a.model, a.board, None, **bench)
     if clean is None:
         print("the clean run failed:", why)
         return 2
     same = wrong = failed = 0
     ratios = []
     for seed in range(a.runs):
-        got, t, why = one(a.model, a.board, f"flip={a.flip},drop={a.drop},dup={a.dup},seed={seed}")
+        got, t, why = one(a.model, a.board, f"flip={a.flip},drop={a.drop},dup={a.dup},seed={seed}", **bench)
         ratios.append(t / t_clean)
+        if t > 3 * t_clean:
+            print(f"run {seed}: {t:.1f} s, {t / t_clean:.1f}x the clean run")
         if got is None:
             failed += 1
             print(f"run {seed}: FAILED after {t:.1f} s: {why}")
