@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -138,8 +139,11 @@ class Engine:
     profile: bool = False  # built with HARNESS_LAYER_PROFILE: per-layer counter stamps
 
     @contextmanager
-    def open(self, timeout: float = 120.0) -> Iterator[Runner]:
-        """A running device (or host library), always shut down afterwards."""
+    def open(self, timeout: float = 120.0, input_path: str = "auto") -> Iterator[Runner]:
+        """A running device (or host library), always shut down afterwards. `input_path` "uart" sends
+        inputs over the UART even where the target has a faster path (semihosting, SWD)."""
+        if input_path not in INPUT_PATHS:
+            raise HarnessError(f"--input-path must be one of {', '.join(INPUT_PATHS)}, got {input_path!r}")
         if self.target is None:
             from harness.targets.host import HostModel
 
@@ -147,6 +151,8 @@ class Engine:
             return
         with self.target.open(self.build, timeout=timeout) as session:
             _check_hello(session.hello, self.spec)
+            if input_path == "uart" and hasattr(session, "input_path"):
+                session.input_path = "uart"
             yield Runner(self, None, session)
 
 
@@ -158,6 +164,9 @@ class RunStats:
     layer_ends: list[int] | None = None  # profiling builds: raw ticks at each layer's end, last repetition
 
 
+INPUT_PATHS = ("auto", "uart")
+
+
 class Runner:
     """Runs int8 inputs through an open engine: `run(inputs) -> (outputs, stats)`."""
 
@@ -166,6 +175,26 @@ class Runner:
         self._host = host
         self.session = session
         self.hello = session.hello if session is not None else None
+        self.input_bytes = 0  # moved to the device so far, and the seconds that took
+        self.input_seconds = 0.0
+
+    @property
+    def input_path(self) -> str | None:
+        """How inputs reach the device: "uart" (the protocol's PUT_INPUT), or the target's faster path
+        ("semihosting" on QEMU, "swd" through a probe); None on the host target."""
+        if self.session is None:
+            return None
+        return getattr(self.session, "input_path", "uart")
+
+    def _put_input(self, index: int, data: bytes) -> None:
+        t0 = time.perf_counter()
+        put = getattr(self.session, "put_input", None)
+        if put is not None:
+            put(index, data)
+        else:
+            self.session.device.set_input(index, data)
+        self.input_seconds += time.perf_counter() - t0
+        self.input_bytes += len(data)
 
     def run(self, inputs: list[np.ndarray], repetitions: int = 1, warmup: int = 0):
         specs = self.engine.spec.outputs
@@ -173,7 +202,7 @@ class Runner:
             return [np.asarray(o) for o in self._host.run(inputs)], None
         dev = self.session.device
         for i, x in enumerate(inputs):
-            dev.set_input(i, np.ascontiguousarray(x, dtype=np.int8).tobytes())
+            self._put_input(i, np.ascontiguousarray(x, dtype=np.int8).tobytes())
         if warmup:
             dev.infer(warmup)
         stats = dev.infer(repetitions)

@@ -26,6 +26,10 @@ Requests (host -> device) and their answers:
                                                             set when it was stored since the last request
                                                             that was not a PUT_INPUT; a repeated CHECK gets
                                                             the same answer)
+    LOAD_INPUT 0x09  (index u8, file offset u32[, path]) -> ACK 0x82 (0x09): the input read by semihosting
+                                                            from a host file, its path sent once and kept
+                                                            (QEMU builds only: the emulated UART moves a
+                                                            byte in ~0.1 ms)
     INFER      0x03  (repetitions u32, 1..120)           -> ACK 0x82 (0x03) at once, then STATS 0x83
                                                             (n u32, peak stack u32, arena high water u32,
                                                             n x count u64)
@@ -73,7 +77,7 @@ ROUND = 128  # PUT_INPUTs a CHECK asks about (sequence numbers are 8 bits: a rou
 BARREN_ROUNDS = 32  # rounds in a row in which no chunk lands: the link cannot carry them (noise alone
 # loses a 40-byte frame about half the time at 2 % of bytes damaged; 32 times in a row, never)
 HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT, GET_LAYERS, HELLO_PART = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-PUT_INPUT, CHECK = 0x07, 0x08
+PUT_INPUT, CHECK, LOAD_INPUT = 0x07, 0x08, 0x09
 HELLO, ACK, STATS, OUTPUT, LAYERS, HELLO_PART_ANS, CHECKED = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x88
 ERROR = 0xEE
 ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG, ERR_ENGINE = 1, 2, 3, 4, 5, 6
@@ -86,6 +90,7 @@ REQUEST_NAMES = {
     HELLO_PART: "HELLO_PART",
     PUT_INPUT: "PUT_INPUT",
     CHECK: "CHECK",
+    LOAD_INPUT: "LOAD_INPUT",
 }
 FAULT_KINDS = {1: "HardFault", 2: "MemManage", 3: "BusFault", 4: "UsageFault", 5: "unexpected interrupt"}
 
@@ -549,6 +554,14 @@ class Device:
             if len(landed) < len(batch) and self.put_chunk > PUT_CHUNK:
                 self.put_chunk = chunk = PUT_CHUNK
             pending = [off for off in range(0, size, chunk) if not all(done[off : off + chunk])]
+
+    def load_input(self, index: int, offset: int, path: str | None = None) -> None:
+        """Input `index` read by the device itself from `offset` of a host file (QEMU): `path`, or the one
+        it was last given."""
+        name = b"" if path is None else path.encode()
+        if len(name) > 255:
+            raise ProtocolError(f"LOAD_INPUT: the path is {len(name)} bytes, at most 255: {path}")
+        self.request(LOAD_INPUT, struct.pack("<BI", index, offset) + name, ACK)
 
     def infer(self, repetitions: int) -> Stats:
         """Run `repetitions` inferences and get their figures. Figures too long for a noisy link (more than

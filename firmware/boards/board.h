@@ -13,11 +13,15 @@ uint64_t board_counter_read(void);                  /* ticks since start, 64-bit
 extern const char board_counter_source[];           /* "dwt" on hardware, "qemu-icount" under QEMU */
 uint32_t board_clock_hz(void);                      /* the clock the firmware believes it runs at */
 void board_exit(int code);                          /* semihosting exit under QEMU; parks on hardware */
+/* QEMU only: n bytes at `offset` of the host file `path` (NUL-terminated, `length` long) into dst, by
+ * semihosting, not through the emulated UART. Returns the bytes read, or -1. */
+int32_t board_read_file(const char *path, uint32_t length, uint32_t offset, uint8_t *dst, uint32_t n);
 
 /* Implemented by the runtime: report a fault over the UART, then exit. */
 void runtime_fault(uint32_t pc, uint32_t lr, uint32_t cfsr, uint32_t kind);
 
-/* The UART drivers' half of board_init. */
+/* The UART drivers' half of board_init, and their interrupt: 1 if it was theirs (and is now cleared). */
 void uart_init(uint32_t clock_hz);
+int uart_irq(void);
 
 #endif

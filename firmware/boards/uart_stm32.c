@@ -84,3 +84,8 @@ int board_uart_getc(void)
         }
     }
 }
+
+int uart_irq(void)
+{
+    return 0; /* polled: it never asks for an interrupt */
+}

@@ -258,6 +258,42 @@ static int set_input(const frame_t *f, int quiet)
     return 1;
 }
 
+/* LOAD_INPUT (index u8, file offset u32[, path]) -> ACK: the whole input read from a host file by
+ * semihosting, on QEMU, where the emulated UART moves a byte in ~0.1 ms; refused on a board. The path is
+ * sent once and kept (in the harness's memory, like the inputs' copy), so each load is a short frame. */
+static char stage_path[256] __attribute__((section(".harness")));
+static uint32_t stage_len;
+
+__attribute__((noinline)) static void load_input(const frame_t *f)
+{
+    if (!BOARD_QEMU) {
+        proto_error(f->seq, ERR_BAD_REQUEST, f->type, 0, 0, 0, "LOAD_INPUT: a QEMU build only");
+        return;
+    }
+    if (f->length < 5 || f->payload[0] >= MODEL_NUM_INPUTS) {
+        proto_error(f->seq, ERR_BAD_REQUEST, 0, 0, 0, 0, "LOAD_INPUT: bad index or length");
+        return;
+    }
+    if (f->length > 5) { /* <= 255 more (proto_max_request) */
+        stage_len = f->length - 5u;
+        memcpy(stage_path, f->payload + 5, stage_len);
+        stage_path[stage_len] = 0;
+    }
+    if (stage_len == 0) {
+        proto_error(f->seq, ERR_OUT_OF_RANGE, 0, 0, 0, 0, "LOAD_INPUT: no file named yet");
+        return;
+    }
+    const model_tensor_t *t = &model_inputs[f->payload[0]];
+    const int32_t got = board_read_file(stage_path, stage_len, get32(f->payload + 1),
+                                        (uint8_t *)input_base(f->payload[0]), t->bytes);
+    if (got != (int32_t)t->bytes) {
+        proto_error(f->seq, ERR_OUT_OF_RANGE, (uint32_t)got, t->bytes, 0, 0, "LOAD_INPUT: file missing or short");
+        return;
+    }
+    tx[0] = MSG_LOAD_INPUT;
+    proto_send(MSG_ACK, f->seq, tx, 1);
+}
+
 /* Bit s: a PUT_INPUT with sequence number s was stored since the last other request. Any other request
  * clears them all once it is served, so a bit never outlives the round of PUTs it belongs to. */
 static uint8_t landed[32];
@@ -434,6 +470,7 @@ int main(void)
             }
             break;
         case MSG_CHECK: check_landed(&rx, repeated); break;
+        case MSG_LOAD_INPUT: stats_kept = 0; load_input(&rx); break;
         case MSG_INFER: infer(&rx, repeated); break;
         case MSG_GET_OUTPUT: get_output(&rx); break;
         case MSG_GET_LAYERS: get_layers(&rx); break;

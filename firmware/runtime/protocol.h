@@ -18,6 +18,7 @@ enum {
     MSG_GET_LAYERS = 0x05,
     MSG_HELLO_PART = 0x06, /* slices of HELLO or of the kept STATS, back to back (main.c: send_part) */
     MSG_PUT_INPUT = 0x07,  /* SET_INPUT's payload, no answer: chunks sent back to back, then one CHECK */
+    MSG_LOAD_INPUT = 0x09, /* (index u8, file offset u32, path) -> ACK: read from a host file (QEMU) */
     MSG_CHECK = 0x08,      /* (first seq u8, count u8) -> CHECKED: which of those PUTs landed, a bit each */
     MSG_HELLO = 0x81,
     MSG_ACK = 0x82,
