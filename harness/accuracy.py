@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import queue
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,6 +100,7 @@ def run_accuracy(
     progress: bool = True,
     on_sample: Callable[[int, int], None] | None = None,
     engine=None,
+    input_path: str = "auto",
     write_report: bool = True,
     engine_name: str = "native",
 ) -> dict[str, Any]:
@@ -188,7 +191,7 @@ def run_accuracy(
         "report_dir": str(run_dir),
     }
     try:
-        new, counting, elapsed = _run_samples(
+        new, counting, elapsed, moved = _run_samples(
             engine,
             board,
             fitted,
@@ -200,6 +203,7 @@ def run_accuracy(
             on_sample=on_sample,
             already=total - len(pending),
             total=total,
+            input_path=input_path,
         )
     except KeyboardInterrupt:
         say(f"interrupted: resume with --resume {run_id} (samples done so far are kept in {run_dir})")
@@ -227,6 +231,9 @@ def run_accuracy(
         "seconds": elapsed,
         "samples_per_s": (len(new) / elapsed) if elapsed > 0 and new else None,
         "jobs": jobs,
+        # how inputs reached the device, and how fast (the bytes over the seconds spent moving them)
+        "input_path": moved["path"],
+        "input_bytes_per_s": (moved["bytes"] / moved["seconds"]) if moved["seconds"] > 0 else None,
     }
     report = {
         **record_base,
@@ -278,14 +285,16 @@ def _run_samples(
     on_sample: Callable[[int, int], None] | None,
     already: int,
     total: int,
-) -> tuple[dict[int, dict[str, Any]], Counting | None, float]:
+    input_path: str = "auto",
+) -> tuple[dict[int, dict[str, Any]], Counting | None, float, dict[str, Any]]:
     """Device and reference outputs for `pending` samples, `jobs` engines pulling from one queue; each
-    record is appended (and flushed) to `path` as it arrives."""
-    from harness import reference
+    record is appended (and flushed) to `path` as it arrives. Also returns how the inputs moved: their
+    path, bytes and seconds."""
 
     new: dict[int, dict[str, Any]] = {}
+    moved: dict[str, Any] = {"path": None, "bytes": 0, "seconds": 0.0}
     if not pending:
-        return new, None, 0.0
+        return new, None, 0.0, moved
     _end_torn_line(path)
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for i in pending:
@@ -298,17 +307,23 @@ def _run_samples(
 
     def worker() -> None:
         try:
-            with engine.open(timeout) as runner:
+            with engine.open(timeout, input_path) as runner:
+                seen = [0, 0.0]  # this runner's input bytes and seconds already counted in `moved`
                 counting = Counting.of(board, runner.hello)
                 with lock:
                     if not counting_box:
                         counting_box.append(counting)
                 while not stop.is_set():
+                    with lock:  # what this worker has moved so far (a path can fall back to the UART)
+                        moved["path"] = runner.input_path
+                        bar.path = runner.input_path
                     try:
                         i = todo.get_nowait()
                     except queue.Empty:
                         return
                     x = fitted.x[i]
+                    # the host reference (tens of ms for an image model) runs while the device does
+                    host = pool.submit(_reference, x)
                     try:
                         outputs, stats = runner.run([x], repetitions=1)
                     except LinkBroken as e:  # the protocol found the port closed (QEMU gone, USB unplugged)
@@ -319,7 +334,7 @@ def _run_samples(
                             f"{engine.target_desc}: the connection to the device broke at sample {i} ({e})"
                         ) from e
                     dev = np.asarray(outputs[0]).reshape(-1).astype(np.int8)
-                    ref = np.asarray(reference.run(engine.interior, [x])[0]).reshape(-1).astype(np.int8)
+                    ref = np.asarray(host.result()[0]).reshape(-1).astype(np.int8)
                     ticks = None if stats is None else int(stats.counts[0])
                     rec = {
                         "i": i,
@@ -333,6 +348,9 @@ def _run_samples(
                         _append_line(path, rec)
                         new[i] = rec
                         n = already + len(new)
+                        moved["bytes"] += runner.input_bytes - seen[0]
+                        moved["seconds"] += runner.input_seconds - seen[1]
+                        seen[:] = [runner.input_bytes, runner.input_seconds]
                     advance(n)
                     if on_sample is not None:
                         on_sample(n, total)
@@ -341,6 +359,7 @@ def _run_samples(
                 errors.append(e)
             stop.set()
 
+    pool = _reference_pool(engine.interior, jobs)
     bar = _Bar(progress, total, already)
     advance = bar.update
     start = time.perf_counter()
@@ -358,10 +377,38 @@ def _run_samples(
         for t in threads:
             t.join(timeout + 5)
         raise
+    finally:
+        pool.shutdown(cancel_futures=True)
     elapsed = time.perf_counter() - start
     if errors:
         raise errors[0]
-    return new, (counting_box[0] if counting_box else None), elapsed
+    return new, (counting_box[0] if counting_box else None), elapsed, moved
+
+
+_GRAPH = None  # the reference process's graph
+
+
+def _reference_init(graph) -> None:
+    global _GRAPH
+    _GRAPH = graph
+
+
+def _reference(x):
+    from harness import reference
+
+    return reference.run(_GRAPH, [x])
+
+
+def _reference_pool(graph, jobs: int) -> ProcessPoolExecutor:
+    """`jobs` processes for the host reference: it runs beside the device (tens of ms for an image
+    model), and in a thread it would share the interpreter lock with the protocol's. Forked, and started
+    here, before any thread of ours exists (a fork copies only the thread that forks)."""
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("fork"), initializer=_reference_init, initargs=(graph,)
+    )
+    for f in [pool.submit(int) for _ in range(jobs)]:
+        f.result()
+    return pool
 
 
 class _Bar:
@@ -371,6 +418,7 @@ class _Bar:
         self.enabled = enabled
         self.total, self.done = total, done
         self._progress = None
+        self.path: str | None = None  # how inputs reach the device, shown beside the rate
 
     def __enter__(self) -> _Bar:
         if self.enabled:
@@ -402,6 +450,8 @@ class _Bar:
             return
         dt = time.perf_counter() - self._t0
         rate = f"{(done - self._d0) / dt:.1f} samples/s" if dt > 0 else ""
+        if rate and self.path:
+            rate += f" ({self.path})"
         self._progress.update(self._task, completed=done, rate=rate)
 
     def __exit__(self, *exc) -> None:

@@ -176,7 +176,19 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{t['samples']} samples in {t['seconds']:.1f} s, {t['jobs']} job(s)",
             )
         )
+    if t.get("input_path"):
+        rate = t.get("input_bytes_per_s")
+        rows.append(
+            (
+                "inputs reached the device by",
+                _INPUT_PATHS.get(t["input_path"], t["input_path"]),
+                f"{rate / 1e3:,.0f} KB/s" if rate else "",
+            )
+        )
     return rows
+
+
+_INPUT_PATHS = {"uart": "UART", "semihosting": "semihosting (QEMU)", "swd": "SWD (probe)"}
 
 
 def _context(report: dict[str, Any]) -> list[tuple[str, str]]:

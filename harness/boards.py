@@ -24,6 +24,7 @@ class Uart:
     rx: str = ""
     af: int = 0
     baud: int = 115200
+    rx_irq: int = -1  # the NVIC line of the RX interrupt, where the receive may sleep on it (QEMU's MPS2); -1: poll
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,9 @@ def _check_entry(name: str, d: Any, path: Path) -> None:
     uart = d.get("uart")
     if uart is not None and (not isinstance(uart, dict) or not isinstance(uart.get("base", 0), int)):
         raise HarnessError(f"{path}: board {name}: uart must be a table with an integer base")
+    irq = uart.get("rx_irq", -1) if isinstance(uart, dict) else -1
+    if not isinstance(irq, int) or isinstance(irq, bool) or not -1 <= irq <= 15:
+        raise HarnessError(f"{path}: board {name}: uart rx_irq = {irq!r} must be an integer in -1..15 (vector table)")
     if isinstance(uart, dict) and (not isinstance(uart.get("baud", 1), int) or uart.get("baud", 1) < 1):
         raise HarnessError(f"{path}: board {name}: uart baud = {uart.get('baud')!r} must be a positive integer")
 

@@ -138,6 +138,7 @@ def board_config(board: Board, qemu: bool, build_id: str) -> str:
         f"#define BUILD_ID {_c_str(build_id)}",
         f"#define UART_BASE 0x{uart.base:08X}u",
         f"#define UART_BAUD {uart.baud}u",
+        f"#define UART_RX_IRQ {uart.rx_irq}",
     ]
     if uart.kind in ("stm32-usart", "stm32-lpuart"):
         fam = _STM32[board.family]

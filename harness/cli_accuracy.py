@@ -45,6 +45,13 @@ def register(subparsers) -> None:
     a.add_argument("--channel-order", choices=["rgb", "bgr"], default="rgb")
     a.add_argument("--opt", default="-O2", help="optimisation flag for the firmware build")
     a.add_argument("--timeout", type=float, default=120.0, help="seconds one device request may take")
+    a.add_argument(
+        "--input-path",
+        choices=["auto", "uart"],
+        default="auto",
+        help="how inputs reach the device: auto (the target's fastest: semihosting on QEMU; the UART "
+        "otherwise) or uart (the protocol of record, everywhere) (default: auto)",
+    )
     a.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
     from harness.cli_engines import add_engine_option
 
@@ -80,6 +87,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         say=lambda m: err_console.print(m, highlight=False),
         progress=not args.json,
         engine_name=args.engine,
+        input_path=args.input_path,
     )
     if args.json:
         from harness.accuracy import _summary

@@ -413,6 +413,11 @@ def _accuracy(cell: Cell, res: dict[str, Any], results_dir: str | None, build_di
     res["metrics"]["accuracy"] = round(100.0 * figs["device_top1"], 4)
     res["metrics"]["accuracy_samples"] = figs["samples"]
     res["metrics"]["agreement"] = figs["agreement"]
+    # recorded, not judged: how fast the samples went, and by which input path (a wall-clock figure)
+    t = rep["throughput"]
+    if t.get("samples_per_s"):
+        res["metrics"]["accuracy_samples_per_s"] = round(t["samples_per_s"], 2)
+    res["accuracy_input_path"] = t.get("input_path")
     if figs["agreement"] < 1.0 and cell.engine == "native":
         res["metrics"]["outputs_match"] = False
         n = len(figs.get("disagreements", []))
@@ -529,6 +534,8 @@ def _progress_line(n: int, total: int, res: dict[str, Any]) -> str:
         what = ", ".join(f"{m[k]:,} {k}" for k in ("instructions", "cycles") if k in m)
         if "accuracy" in m:
             what += f", top-1 {m['accuracy']:.2f} %"
+        if "accuracy_samples_per_s" in m:
+            what += f" at {m['accuracy_samples_per_s']:.1f} samples/s ({res.get('accuracy_input_path')})"
         return f"[{n}/{total}] {res['cell']}: ok, {what} ({res.get('seconds', 0):.1f} s)"
     return f"[{n}/{total}] {res['cell']}: FAILED: {res.get('reason')}"
 

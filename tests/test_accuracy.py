@@ -90,8 +90,8 @@ class Tap:
         return getattr(self._engine, name)
 
     @contextmanager
-    def open(self, timeout: float = 120.0):
-        with self._engine.open(timeout) as runner:
+    def open(self, timeout: float = 120.0, input_path: str = "auto"):
+        with self._engine.open(timeout, input_path) as runner:
             tapped = _TapRunner(self, runner)
             with self._lock:
                 self.runners.append(tapped)
@@ -106,6 +106,9 @@ class _TapRunner:
     def __init__(self, tap: Tap, runner) -> None:
         self.tap, self.runner, self.hello = tap, runner, runner.hello
         self.served = 0
+
+    def __getattr__(self, name):  # input_path, input_bytes...: the real runner's
+        return getattr(self.runner, name)
 
     def run(self, inputs, repetitions=1):
         tap = self.tap

@@ -69,7 +69,7 @@ flash_bytes = {flash}
 ram_origin = 0x20000000
 ram_bytes = {ram}
 machine = "mps2-an386"
-uart = {{ kind = "cmsdk", base = 0x40004000 }}
+uart = {{ kind = "cmsdk", base = 0x40004000{uart} }}
 """
 
 
@@ -80,12 +80,14 @@ uart = {{ kind = "cmsdk", base = 0x40004000 }}
         ({"clock": "-5"}, "clock_hz = -5 must be >= 1"),
         ({"flash": "-1"}, "flash_bytes = -1 must be >= 1"),
         ({"ram": '"lots"'}, "ram_bytes = 'lots' must be a number"),
+        ({"uart": ", rx_irq = 40"}, "rx_irq = 40 must be an integer in -1..15"),
+        ({"uart": ', rx_irq = "0"'}, "rx_irq = '0' must be an integer"),
     ],
 )
 def test_boards_toml_is_checked_on_load(fields, words, tmp_path):
     from harness.boards import load_boards
 
-    values = {"clock": "25000000", "flash": "4194304", "ram": "4194304", **fields}
+    values = {"clock": "25000000", "flash": "4194304", "ram": "4194304", "uart": "", **fields}
     path = tmp_path / "boards.toml"
     path.write_text(BOARD.format(**values))
     with pytest.raises(HarnessError, match=words):
@@ -97,7 +99,7 @@ def test_a_board_name_cannot_inject_a_line_into_c(tmp_path):
     from harness.build import _c_str
 
     path = tmp_path / "boards.toml"
-    text = BOARD.format(clock="25000000", flash="4194304", ram="4194304")
+    text = BOARD.format(clock="25000000", flash="4194304", ram="4194304", uart="")
     path.write_text(text.replace("[qemu.qemu-x]", '[qemu."x\\n#define BOARD_QEMU 0"]'))
     with pytest.raises(HarnessError, match="board name"):
         load_boards(path)
