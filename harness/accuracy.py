@@ -313,26 +313,8 @@ def _run_samples(
                 with lock:
                     if not counting_box:
                         counting_box.append(counting)
-                while not stop.is_set():
-                    with lock:  # what this worker has moved so far (a path can fall back to the UART)
-                        moved["path"] = runner.input_path
-                        bar.path = runner.input_path
-                    try:
-                        i = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    x = fitted.x[i]
-                    # the host reference (tens of ms for an image model) runs while the device does
-                    host = pool.submit(_reference, x)
-                    try:
-                        outputs, stats = runner.run([x], repetitions=1)
-                    except LinkBroken as e:  # the protocol found the port closed (QEMU gone, USB unplugged)
-                        where = f"the connection to the device broke at sample {i}"
-                        raise LinkBroken(str(e).replace("the connection to the device broke", where, 1)) from e
-                    except OSError as e:  # a runner that is not the protocol's: pyserial's errors are OSErrors
-                        raise LinkBroken(
-                            f"{engine.target_desc}: the connection to the device broke at sample {i} ({e})"
-                        ) from e
+
+                def record(i: int, host, outputs, stats) -> None:
                     dev = np.asarray(outputs[0]).reshape(-1).astype(np.int8)
                     ref = np.asarray(host.result()[0]).reshape(-1).astype(np.int8)
                     ticks = None if stats is None else int(stats.counts[0])
@@ -354,6 +336,51 @@ def _run_samples(
                     advance(n)
                     if on_sample is not None:
                         on_sample(n, total)
+
+                # the last batch's samples, recorded once the next batch has run: the device then never
+                # waits on the host reference of a batch it has finished
+                behind: list[tuple[int, Any, Any, Any]] = []
+                while not stop.is_set():
+                    with lock:  # what this worker has moved so far (a path can fall back to the UART)
+                        moved["path"] = runner.input_path
+                        bar.path = runner.input_path
+                    # a batch where the target runs one in a single request (RUN_STAGED on QEMU), else one
+                    batch_run = getattr(runner, "run_batch", None)
+                    ids: list[int] = []
+                    while len(ids) < (BATCH if batch_run is not None else 1):
+                        try:
+                            ids.append(todo.get_nowait())
+                        except queue.Empty:
+                            break
+                    if not ids:
+                        for item in behind:
+                            record(*item)
+                        return
+                    xs = [fitted.x[i] for i in ids]
+                    # the host reference (tens of ms for an image model) runs while the device does
+                    hosts = [pool.submit(_reference, x) for x in xs]
+                    where = f"sample {ids[0]}" if len(ids) == 1 else f"the batch of samples {ids[0]}..{ids[-1]}"
+                    try:
+                        try:
+                            ran = batch_run([[x] for x in xs]) if batch_run is not None and len(ids) > 1 else None
+                            if ran is None:  # one sample, or a target that cannot run a batch
+                                ran = [runner.run([x], repetitions=1) for x in xs]
+                        finally:  # the batch before this one is done, whatever became of this one
+                            for item in behind:
+                                record(*item)
+                            behind = []
+                    except LinkBroken as e:  # the protocol found the port closed (QEMU gone, USB unplugged)
+                        at = f"the connection to the device broke at {where}"
+                        raise LinkBroken(str(e).replace("the connection to the device broke", at, 1)) from e
+                    except OSError as e:  # a runner that is not the protocol's: pyserial's errors are OSErrors
+                        raise LinkBroken(
+                            f"{engine.target_desc}: the connection to the device broke at {where} ({e})"
+                        ) from e
+                    behind = [(i, h, outs, st) for i, h, (outs, st) in zip(ids, hosts, ran, strict=True)]
+                    if batch_run is None:  # one sample at a time: its record at once
+                        for item in behind:
+                            record(*item)
+                        behind = []
         except BaseException as e:  # surfaced in the main thread, which re-raises the first
             with lock:
                 errors.append(e)
@@ -385,6 +412,7 @@ def _run_samples(
     return new, (counting_box[0] if counting_box else None), elapsed, moved
 
 
+BATCH = 32  # samples a RUN_STAGED request runs (records are appended once a batch is in)
 _GRAPH = None  # the reference process's graph
 
 

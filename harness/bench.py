@@ -196,6 +196,28 @@ class Runner:
         self.input_seconds += time.perf_counter() - t0
         self.input_bytes += len(data)
 
+    def run_batch(self, batch: list[list[np.ndarray]]):
+        """Each sample of `batch` run once in one request where the target can (RUN_STAGED on QEMU): a
+        list of (outputs, stats) as `run` gives, or None where it cannot (then call `run`)."""
+        runner = getattr(self.session, "run_batch", None)
+        if runner is None or self.engine.profile:
+            return None
+        raw = [[np.ascontiguousarray(x, dtype=np.int8).tobytes() for x in inputs] for inputs in batch]
+        specs = self.engine.spec.outputs
+        got = runner(raw, [s.bytes for s in specs])
+        if got is None:
+            return None
+        self.input_seconds += self.session.stage_seconds
+        self.input_bytes += sum(len(b) for inputs in raw for b in inputs)
+        results, stack, hw = got
+        return [
+            (
+                [np.frombuffer(o, dtype=np.int8).reshape(tuple(s.shape)) for o, s in zip(outs, specs, strict=True)],
+                RunStats([count], stack, hw),
+            )
+            for outs, count in results
+        ]
+
     def run(self, inputs: list[np.ndarray], repetitions: int = 1, warmup: int = 0):
         specs = self.engine.spec.outputs
         if self._host is not None:

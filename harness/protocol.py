@@ -30,6 +30,13 @@ Requests (host -> device) and their answers:
                                                             from a host file, its path sent once and kept
                                                             (QEMU builds only: the emulated UART moves a
                                                             byte in ~0.1 ms)
+    RUN_STAGED 0x0A  (first u32, count u16, in length u8, -> ACK 0x82 (0x0A) at once, then RAN 0x8A
+                      in path, out path)                    (samples u32, peak stack u32, arena high
+                                                            water u32): on QEMU, samples first.. of a host
+                                                            file (every input of one, back to back) each
+                                                            run once; each one's outputs and count u64
+                                                            written to the out file (a batch at the
+                                                            engine's speed: no UART per sample)
     INFER      0x03  (repetitions u32, 1..120)           -> ACK 0x82 (0x03) at once, then STATS 0x83
                                                             (n u32, peak stack u32, arena high water u32,
                                                             n x count u64)
@@ -77,8 +84,9 @@ ROUND = 128  # PUT_INPUTs a CHECK asks about (sequence numbers are 8 bits: a rou
 BARREN_ROUNDS = 32  # rounds in a row in which no chunk lands: the link cannot carry them (noise alone
 # loses a 40-byte frame about half the time at 2 % of bytes damaged; 32 times in a row, never)
 HELLO_REQ, SET_INPUT, INFER, GET_OUTPUT, GET_LAYERS, HELLO_PART = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
-PUT_INPUT, CHECK, LOAD_INPUT = 0x07, 0x08, 0x09
-HELLO, ACK, STATS, OUTPUT, LAYERS, HELLO_PART_ANS, CHECKED = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x88
+PUT_INPUT, CHECK, LOAD_INPUT, RUN_STAGED = 0x07, 0x08, 0x09, 0x0A
+HELLO, ACK, STATS, OUTPUT, LAYERS, HELLO_PART_ANS, CHECKED, RAN = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x88, 0x8A
+COMPUTING = {INFER: STATS, RUN_STAGED: RAN}  # requests acknowledged at once, answered once computed
 ERROR = 0xEE
 ERR_BAD_CRC, ERR_BAD_REQUEST, ERR_OUT_OF_RANGE, ERR_FAULT, ERR_TOO_LONG, ERR_ENGINE = 1, 2, 3, 4, 5, 6
 REQUEST_NAMES = {
@@ -91,6 +99,7 @@ REQUEST_NAMES = {
     PUT_INPUT: "PUT_INPUT",
     CHECK: "CHECK",
     LOAD_INPUT: "LOAD_INPUT",
+    RUN_STAGED: "RUN_STAGED",
 }
 FAULT_KINDS = {1: "HardFault", 2: "MemManage", 3: "BusFault", 4: "UsageFault", 5: "unexpected interrupt"}
 
@@ -323,16 +332,16 @@ class Device:
             attempt += 1
             self._write(frame)
             started = time.monotonic()
-            wait = timeout if (kind == INFER and acked and not finished) else min(timeout, self._quick())
+            wait = timeout if (kind in COMPUTING and acked and not finished) else min(timeout, self._quick())
             if attempt == 1:
                 wait += lead_bytes * BYTE_TIME
             mark = self.bytes_read
             try:
                 f = self._await(seq, kind, answer, started + wait, mark, ack_ok=not acked, ignore=ignore)
-                if (kind != INFER or f.kind == ACK) and not (attempt == 1 and lead_bytes):
+                if (kind not in COMPUTING or f.kind == ACK) and not (attempt == 1 and lead_bytes):
                     self._rtts.append(time.monotonic() - started)
                     del self._rtts[:-32]
-                if f.kind == ACK and kind == INFER and answer == STATS:
+                if f.kind == ACK and COMPUTING.get(kind) == answer:
                     acked = True
                     # bytes read with the ACK and not yet framed count as arrived (the figures may be in them)
                     mark = self.bytes_read - len(self._buf)
@@ -419,8 +428,8 @@ class Device:
                 self._raise_error(f.payload)
             if f.seq != seq:
                 continue  # an answer to an earlier request, or a repeat of one
-            if f.kind == ACK and kind == INFER and f.payload[:1] == bytes([INFER]):
-                if answer == STATS and ack_ok:
+            if f.kind == ACK and kind in COMPUTING and f.payload[:1] == bytes([kind]):
+                if COMPUTING[kind] == answer and ack_ok:
                     return f
                 continue  # a repeat of the acknowledgement
             if f.kind != answer:
@@ -562,6 +571,17 @@ class Device:
         if len(name) > 255:
             raise ProtocolError(f"LOAD_INPUT: the path is {len(name)} bytes, at most 255: {path}")
         self.request(LOAD_INPUT, struct.pack("<BI", index, offset) + name, ACK)
+
+    def run_staged(self, first: int, count: int, in_path: str, out_path: str) -> tuple[int, int, int]:
+        """RUN_STAGED: (samples run, peak stack, arena high water). The batch is not kept: a repeat after a
+        lost answer runs it again, with the same outputs and, on QEMU, the same counts."""
+        a, b = in_path.encode(), out_path.encode()
+        if not (0 < len(a) <= 255 and 0 < len(b) <= 255):
+            raise ProtocolError(f"RUN_STAGED: paths of 1..255 bytes, got {len(a)} and {len(b)}")
+        f = self.request(RUN_STAGED, struct.pack("<IHB", first, count, len(a)) + a + b, RAN)
+        if len(f.payload) != 12:
+            raise ProtocolError(f"RAN in {len(f.payload)} bytes, not 12")
+        return struct.unpack("<3I", f.payload)
 
     def infer(self, repetitions: int) -> Stats:
         """Run `repetitions` inferences and get their figures. Figures too long for a noisy link (more than

@@ -107,6 +107,8 @@ class _TapRunner:
         self.tap, self.runner, self.hello = tap, runner, runner.hello
         self.served = 0
 
+    run_batch = None  # one sample a call, so that each can be counted, failed or flipped
+
     def __getattr__(self, name):  # input_path, input_bytes...: the real runner's
         return getattr(self.runner, name)
 

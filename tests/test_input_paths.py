@@ -95,3 +95,33 @@ def test_firmware_that_refuses_load_input_falls_back_to_the_uart():
     session.device = OldFirmware()
     session.put_input(0, b"abcd")
     assert session.input_path == "uart" and session.device.sent == [(0, b"abcd")]
+
+
+def test_a_batch_run_from_staged_files_equals_one_inference_at_a_time(digits):
+    """RUN_STAGED (the accuracy run's batches on QEMU) against INFER over the UART, sample by sample: the
+    same outputs and counts, the same peak stack and arena high water."""
+    xs = [np.random.default_rng(10 + k).integers(-128, 128, (1, 8, 8, 1), dtype=np.int8) for k in range(5)]
+    with digits.open(30.0, "uart") as runner:
+        one = [runner.run([x]) for x in xs]
+        assert runner.run_batch([[x] for x in xs]) is None  # the UART path has no batch
+    with digits.open(30.0) as runner:
+        batch = runner.run_batch([[x] for x in xs])
+    assert [[o.tolist() for o in outs] for outs, _ in batch] == [[o.tolist() for o in outs] for outs, _ in one]
+    assert [(s.counts, s.peak_stack, s.arena_high_water) for _, s in batch] == [
+        (s.counts, s.peak_stack, s.arena_high_water) for _, s in one
+    ]
+
+
+def test_run_staged_refuses_what_it_cannot_read(digits, tmp_path):
+    with digits.open(30.0) as runner:
+        dev = runner.session.device
+        with pytest.raises(P.Refused, match="cannot open the staging files"):
+            dev.run_staged(0, 2, str(tmp_path / "absent.bin"), str(tmp_path / "out.bin"))
+        (tmp_path / "three.bin").write_bytes(bytes(3 * 64))
+        with pytest.raises(P.Refused, match="a staging file is short") as e:
+            dev.run_staged(1, 4, str(tmp_path / "three.bin"), str(tmp_path / "out.bin"))
+        assert "(code 3, 2, 4" in str(e.value)  # samples 1 and 2 ran, of 4
+        assert len((tmp_path / "out.bin").read_bytes()) == 2 * (10 + 8)  # their outputs and counts
+        with pytest.raises(P.Refused, match="RUN_STAGED: bad request"):
+            dev.request(P.RUN_STAGED, struct.pack("<IHB", 0, 1, 9) + b"only/in/a", P.RAN)
+        assert dev.run_staged(0, 3, str(tmp_path / "three.bin"), str(tmp_path / "out.bin"))[0] == 3

@@ -179,38 +179,67 @@ static uint32_t semihost(uint32_t op, const volatile uint32_t *args)
     return r0;
 }
 
-/* The argument blocks are static, not on the stack: the peak stack is a reported figure, and must not
+/* The argument block is static, not on the stack: the peak stack is a reported figure, and must not
  * depend on whether the input came this way or over the UART. */
 static volatile uint32_t sh_args[3];
 
-int32_t board_read_file(const char *path, uint32_t length, uint32_t offset, uint8_t *dst, uint32_t n)
+int32_t board_file_open(const char *path, uint32_t length, uint32_t mode)
 {
-    /* SYS_OPEN ("rb"), SYS_SEEK, SYS_READ (returns the bytes NOT read), SYS_CLOSE */
     sh_args[0] = (uint32_t)path;
-    sh_args[1] = 1u;
+    sh_args[1] = mode;
     sh_args[2] = length;
-    const int32_t fd = (int32_t)semihost(0x01u, sh_args);
-    if (fd < 0) {
-        return -1;
-    }
-    int32_t got = -1;
+    return (int32_t)semihost(0x01u, sh_args); /* SYS_OPEN */
+}
+
+int32_t board_file_read(int32_t fd, uint32_t offset, void *dst, uint32_t n)
+{
     sh_args[0] = (uint32_t)fd;
     sh_args[1] = offset;
-    if (semihost(0x0Au, sh_args) == 0) {
-        sh_args[1] = (uint32_t)dst;
-        sh_args[2] = n;
-        const uint32_t left = semihost(0x06u, sh_args);
-        got = left <= n ? (int32_t)(n - left) : -1;
+    if (semihost(0x0Au, sh_args) != 0) { /* SYS_SEEK */
+        return -1;
     }
+    sh_args[1] = (uint32_t)dst;
+    sh_args[2] = n;
+    const uint32_t left = semihost(0x06u, sh_args); /* SYS_READ: the bytes NOT read */
+    return left <= n ? (int32_t)(n - left) : -1;
+}
+
+int32_t board_file_write(int32_t fd, const void *src, uint32_t n)
+{
     sh_args[0] = (uint32_t)fd;
-    (void)semihost(0x02u, sh_args);
-    return got;
+    sh_args[1] = (uint32_t)src;
+    sh_args[2] = n;
+    return semihost(0x05u, sh_args) == 0 ? (int32_t)n : -1; /* SYS_WRITE: the bytes NOT written */
+}
+
+void board_file_close(int32_t fd)
+{
+    sh_args[0] = (uint32_t)fd;
+    (void)semihost(0x02u, sh_args); /* SYS_CLOSE */
 }
 #else
-int32_t board_read_file(const char *path, uint32_t length, uint32_t offset, uint8_t *dst, uint32_t n)
+/* No host to reach: a board without a debugger would fault on the semihosting trap. */
+int32_t board_file_open(const char *path, uint32_t length, uint32_t mode)
 {
-    (void)path, (void)length, (void)offset, (void)dst, (void)n;
-    return -1; /* no host to read from: a debugger-less board would fault on the semihosting trap */
+    (void)path, (void)length, (void)mode;
+    return -1;
+}
+
+int32_t board_file_read(int32_t fd, uint32_t offset, void *dst, uint32_t n)
+{
+    (void)fd, (void)offset, (void)dst, (void)n;
+    return -1;
+}
+
+int32_t board_file_write(int32_t fd, const void *src, uint32_t n)
+{
+    (void)fd, (void)src, (void)n;
+    return -1;
+}
+
+void board_file_close(int32_t fd)
+{
+    (void)fd;
 }
 #endif
 

@@ -284,8 +284,11 @@ __attribute__((noinline)) static void load_input(const frame_t *f)
         return;
     }
     const model_tensor_t *t = &model_inputs[f->payload[0]];
-    const int32_t got = board_read_file(stage_path, stage_len, get32(f->payload + 1),
-                                        (uint8_t *)input_base(f->payload[0]), t->bytes);
+    const int32_t fd = board_file_open(stage_path, stage_len, 1u);
+    const int32_t got = fd < 0 ? -1 : board_file_read(fd, get32(f->payload + 1), input_base(f->payload[0]), t->bytes);
+    if (fd >= 0) {
+        board_file_close(fd);
+    }
     if (got != (int32_t)t->bytes) {
         proto_error(f->seq, ERR_OUT_OF_RANGE, (uint32_t)got, t->bytes, 0, 0, "LOAD_INPUT: file missing or short");
         return;
@@ -332,41 +335,123 @@ static void send_stats(uint8_t seq)
     proto_send(MSG_STATS, seq, tx, (uint16_t)build_stats());
 }
 
-static void infer(const frame_t *f, int repeated)
+/* One inference of the inputs in inputs_copy, its count in *count. Only main() calls it, for INFER and
+ * RUN_STAGED alike, so the painted peak stack is the same whichever request ran the model. */
+__attribute__((noinline)) static void run_once(uint64_t *count)
+{
+    for (uint32_t i = 0, base = 0; i < MODEL_NUM_INPUTS; base += model_inputs[i].bytes, i++) {
+        memcpy(arena + model_inputs[i].offset, inputs_copy + base, model_inputs[i].bytes);
+    }
+    /* Restarting the counter here fixes its phase to this instruction: QEMU's SysTick ticks every 40
+     * instructions from the moment it is started, so a counter left running since boot would give the
+     * same inference +-1 tick depending on how long the host took to send the input. */
+    board_counter_start();
+    uint64_t t0 = board_counter_read();
+#if HARNESS_LAYER_PROFILE
+    layer_t0 = t0;
+#endif
+    model_run(arena);
+    *count = board_counter_read() - t0;
+}
+
+/* INFER: the repetitions main() is to run (0: answered already, from the kept figures or with an error). */
+__attribute__((noinline)) static uint32_t infer_begin(const frame_t *f, int repeated)
 {
     uint32_t reps = f->length >= 4 ? get32(f->payload) : 0;
     if (reps == 0 || reps > MAX_REPS) {
         proto_error(f->seq, ERR_BAD_REQUEST, reps, MAX_REPS, 0, 0, "INFER: repetitions out of range");
-        return;
+        return 0;
     }
     if (repeated && stats_kept && reps == last_reps) {
         send_stats(f->seq);
-        return;
+        return 0;
     }
     /* Received: the host now waits for the figures as long as the inference takes, not less. */
     tx[0] = MSG_INFER;
     proto_send(MSG_ACK, f->seq, tx, 1);
-    for (uint32_t r = 0; r < reps; r++) {
-        for (uint32_t i = 0, base = 0; i < MODEL_NUM_INPUTS; base += model_inputs[i].bytes, i++) {
-            memcpy(arena + model_inputs[i].offset, inputs_copy + base, model_inputs[i].bytes);
-        }
-        /* Restarting the counter here fixes its phase to this instruction: QEMU's SysTick ticks every 40
-         * instructions from the moment it is started, so a counter left running since boot would give the
-         * same inference +-1 tick depending on how long the host took to send the input. */
-        board_counter_start();
-        uint64_t t0 = board_counter_read();
-#if HARNESS_LAYER_PROFILE
-        layer_t0 = t0;
-#endif
-        model_run(arena);
-        counts[r] = board_counter_read() - t0;
-    }
+    return reps;
+}
+
+__attribute__((noinline)) static void infer_end(const frame_t *f, uint32_t reps)
+{
     last_reps = reps;
     last_stack = peak_stack();
     last_hw = arena_high_water();
     stats_kept = 1;
     stats_seq = f->seq;
     send_stats(f->seq);
+}
+
+/* RUN_STAGED (first u32, count u16, in length u8, in path, out path): on QEMU, `count` samples from
+ * `first` of a host file of samples (each every input, back to back) each run once; each one's outputs
+ * (back to back) and count u64 are appended to the out file, which it truncates first. Answered ACK at
+ * once, RAN (samples u32, peak stack u32, arena high water u32) at the end. The host's staging is the
+ * harness's memory: the inputs go through inputs_copy as any others. */
+static char staged_out[256] __attribute__((section(".harness")));
+static int32_t staged_in_fd = -1, staged_out_fd = -1;
+static uint32_t staged_first;
+
+__attribute__((noinline)) static uint32_t staged_begin(const frame_t *f)
+{
+    const uint32_t in_len = f->length >= 7 ? f->payload[6] : 0;
+    if (!BOARD_QEMU || f->length < 8 + in_len || in_len == 0 || f->length - 7u - in_len > 255u) {
+        proto_error(f->seq, ERR_BAD_REQUEST, f->length, in_len, 0, 0, "RUN_STAGED: bad request (QEMU only)");
+        return 0;
+    }
+    const uint32_t count = (uint32_t)f->payload[4] | ((uint32_t)f->payload[5] << 8);
+    staged_first = get32(f->payload);
+    stage_len = in_len;
+    memcpy(stage_path, f->payload + 7, in_len);
+    stage_path[in_len] = 0;
+    const uint32_t out_len = f->length - 7u - in_len;
+    memcpy(staged_out, f->payload + 7 + in_len, out_len);
+    staged_out[out_len] = 0;
+    staged_in_fd = board_file_open(stage_path, in_len, 1u);
+    staged_out_fd = staged_in_fd < 0 ? -1 : board_file_open(staged_out, out_len, 5u);
+    if (staged_out_fd < 0) {
+        if (staged_in_fd >= 0) {
+            board_file_close(staged_in_fd);
+        }
+        proto_error(f->seq, ERR_OUT_OF_RANGE, 0, 0, 0, 0, "RUN_STAGED: cannot open the staging files");
+        return 0;
+    }
+    tx[0] = MSG_RUN_STAGED;
+    proto_send(MSG_ACK, f->seq, tx, 1);
+    return count;
+}
+
+/* Sample k's inputs into inputs_copy; 0 when the file is short. */
+__attribute__((noinline)) static int staged_load(uint32_t k)
+{
+    const uint32_t at = (staged_first + k) * (uint32_t)HARNESS_INPUT_BYTES;
+    return board_file_read(staged_in_fd, at, inputs_copy, HARNESS_INPUT_BYTES) == (int32_t)HARNESS_INPUT_BYTES;
+}
+
+__attribute__((noinline)) static int staged_store(const uint64_t *count)
+{
+    for (uint32_t i = 0; i < MODEL_NUM_OUTPUTS; i++) {
+        const model_tensor_t *t = &model_outputs[i];
+        if (board_file_write(staged_out_fd, arena + t->offset, t->bytes) != (int32_t)t->bytes) {
+            return 0;
+        }
+    }
+    return board_file_write(staged_out_fd, count, 8u) == 8;
+}
+
+__attribute__((noinline)) static void staged_end(const frame_t *f, uint32_t done, uint32_t count)
+{
+    board_file_close(staged_in_fd);
+    board_file_close(staged_out_fd);
+    staged_in_fd = staged_out_fd = -1;
+    stats_kept = 0; /* the kept figures are no INFER's now */
+    if (done < count) {
+        proto_error(f->seq, ERR_OUT_OF_RANGE, done, count, 0, 0, "RUN_STAGED: a staging file is short");
+        return;
+    }
+    put32(tx, done);
+    put32(tx + 4, peak_stack());
+    put32(tx + 8, arena_high_water());
+    proto_send(MSG_RAN, f->seq, tx, 12);
 }
 
 static void get_output(const frame_t *f)
@@ -471,7 +556,32 @@ int main(void)
             break;
         case MSG_CHECK: check_landed(&rx, repeated); break;
         case MSG_LOAD_INPUT: stats_kept = 0; load_input(&rx); break;
-        case MSG_INFER: infer(&rx, repeated); break;
+        case MSG_INFER: {
+            const uint32_t reps = infer_begin(&rx, repeated);
+            for (uint32_t r = 0; r < reps; r++) {
+                run_once(&counts[r]);
+            }
+            if (reps > 0) {
+                infer_end(&rx, reps);
+            }
+            break;
+        }
+        case MSG_RUN_STAGED: {
+            stats_kept = 0;
+            const uint32_t n = staged_begin(&rx);
+            uint32_t done = 0;
+            while (done < n && staged_load(done)) {
+                run_once(&counts[0]);
+                if (!staged_store(&counts[0])) {
+                    break;
+                }
+                done++;
+            }
+            if (staged_in_fd >= 0) {
+                staged_end(&rx, done, n);
+            }
+            break;
+        }
         case MSG_GET_OUTPUT: get_output(&rx); break;
         case MSG_GET_LAYERS: get_layers(&rx); break;
         default: proto_error(rx.seq, ERR_BAD_REQUEST, rx.type, 0, 0, 0, "unknown request"); break;

@@ -44,6 +44,7 @@ uint32_t proto_max_request(uint8_t type)
     case MSG_PUT_INPUT: return PROTO_MAX_PAYLOAD;
     case MSG_CHECK: return 2;
     case MSG_LOAD_INPUT: return 5 + 255;
+    case MSG_RUN_STAGED: return 7 + 255 + 255;
     default: return 16; /* short: read it, and its CRC tells a damaged header from an unknown request */
     }
 }

@@ -19,6 +19,7 @@ enum {
     MSG_HELLO_PART = 0x06, /* slices of HELLO or of the kept STATS, back to back (main.c: send_part) */
     MSG_PUT_INPUT = 0x07,  /* SET_INPUT's payload, no answer: chunks sent back to back, then one CHECK */
     MSG_LOAD_INPUT = 0x09, /* (index u8, file offset u32, path) -> ACK: read from a host file (QEMU) */
+    MSG_RUN_STAGED = 0x0A, /* (first u32, count u16, in len u8, in path, out path) -> ACK, RAN (QEMU) */
     MSG_CHECK = 0x08,      /* (first seq u8, count u8) -> CHECKED: which of those PUTs landed, a bit each */
     MSG_HELLO = 0x81,
     MSG_ACK = 0x82,
@@ -27,6 +28,7 @@ enum {
     MSG_LAYERS = 0x85,
     MSG_HELLO_PART_ANS = 0x86,
     MSG_CHECKED = 0x88,
+    MSG_RAN = 0x8A,
     MSG_ERROR = 0xEE,
 };
 
