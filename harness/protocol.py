@@ -53,8 +53,9 @@ The device echoes the request's sequence number and sends HELLO once at boot una
 request again, with the same sequence number, until an intact answer arrives (Device.request says when).
 Every request but INFER is idempotent; an INFER that arrives twice in a row with the same sequence number
 is answered with the kept figures of its first run, so a lost answer is never a second, different run.
-Inputs go as PUT_INPUT chunks back to back and a CHECK (one round trip, not one a chunk); the chunks it
-finds missing go again. On a link that loses a chunk, chunks shrink for good (PUT_CHUNK, SMALL_CHUNK).
+Inputs go as SET_INPUT chunks until one is lost; from then on as PUT_INPUT chunks back to back and a
+CHECK (one round trip, not one a chunk), the chunks it finds missing going again. On a link that loses a
+chunk, chunks shrink for good (PUT_CHUNK, SMALL_CHUNK).
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ class Device:
         self.bytes_read = 0
         self._last_rx = time.monotonic()
         self.chunk = CHUNK  # shrinks to SMALL_CHUNK once a chunk has been lost
-        self.put_chunk = CHUNK  # shrinks to PUT_CHUNK once an input chunk has been lost
+        self.put_chunk = CHUNK  # PUT_CHUNK once an input chunk has been lost: inputs go in PUT rounds
         self._rtts: list[float] = []  # round trips of answered requests, for the retransmit timer
         self._rtt_hint = rtt_hint  # the round trip the link is known to have, until three are measured
 
@@ -532,14 +533,31 @@ class Device:
         return bytes(out)
 
     def set_input(self, index: int, data: bytes) -> None:
-        """Input `index` as PUT_INPUT chunks sent back to back (up to ROUND a round), then one CHECK of
-        which landed; the others go again. One round trip a round, not one a chunk: on a noisy link many
-        chunks of a round get through. A lost chunk shrinks the chunks to PUT_CHUNK bytes for good;
-        BARREN_ROUNDS rounds in a row that land nothing fail the request."""
+        """Input `index`: SET_INPUT chunks of CHUNK bytes, each acknowledged, while the link loses none
+        (on QEMU an answer to each chunk keeps its bytes moving: a silent burst waits on the emulator),
+        then, once one is lost, PUT_INPUT rounds for good (`_put_rounds`)."""
+        off = 0
+        while self.put_chunk > PUT_CHUNK and off < len(data):
+            try:
+                ask = struct.pack("<BI", index, off) + data[off : off + CHUNK]
+                self.request(SET_INPUT, ask, ACK, max_attempts=2)
+            except NoAnswer:
+                self.put_chunk = PUT_CHUNK
+                break
+            off += CHUNK
+        if off < len(data):
+            self._put_rounds(index, data, off)
+
+    def _put_rounds(self, index: int, data: bytes, start: int) -> None:
+        """Input `index` from byte `start` as PUT_INPUT chunks sent back to back (up to ROUND a round), then
+        one CHECK of which landed; the others go again. One round trip a round, not one a chunk: on a
+        noisy link many chunks of a round get through. BARREN_ROUNDS rounds in a row that land nothing
+        fail the request."""
         size = len(data)
         done = bytearray(size)  # 1 for each byte the device is known to hold
+        done[:start] = b"\1" * start
         chunk = self.put_chunk
-        pending = list(range(0, size, chunk))
+        pending = [off for off in range(0, size, chunk) if not all(done[off : off + chunk])]
         barren = 0
         while pending:
             batch = pending[:ROUND]
@@ -560,8 +578,6 @@ class Device:
             barren = 0 if landed else barren + 1
             if barren >= BARREN_ROUNDS:
                 raise NoAnswer(f"{self.describe}: input {index}: no chunk landed in {barren} rounds in a row")
-            if len(landed) < len(batch) and self.put_chunk > PUT_CHUNK:
-                self.put_chunk = chunk = PUT_CHUNK
             pending = [off for off in range(0, size, chunk) if not all(done[off : off + chunk])]
 
     def load_input(self, index: int, offset: int, path: str | None = None) -> None:

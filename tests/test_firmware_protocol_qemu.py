@@ -199,3 +199,17 @@ def test_kept_figures_come_in_slices_for_their_infer_only(device):
     device.set_input(0, bytes(1000))
     _send_raw(device, P.encode(P.HELLO_PART, 0x83, struct.pack("<HHBBB", 0, 24, 1, P.STATS, 0x80)))
     assert _error(_answer(device))[0] == P.ERR_OUT_OF_RANGE
+
+
+def test_the_peak_stack_is_the_inferences_whatever_the_protocol_did(device):
+    """Answering damaged and refused frames takes the protocol deeper than this model's inference: the
+    peak stack reported is the inference's, the same before and after."""
+    device.set_input(0, bytes(1000))
+    before = device.infer(1).peak_stack
+    frame = bytearray(P.encode(P.HELLO_REQ, 0x90))
+    frame[-1] ^= 0xFF
+    _send_raw(device, bytes(frame))  # bad CRC: an error answer, 114 bytes of it built on the stack
+    _answer(device)
+    _send_raw(device, P.encode(0x42, 0x91, b"\x01"))
+    _answer(device)
+    assert device.infer(1).peak_stack == before > 0

@@ -182,7 +182,7 @@ def test_corrupted_answers_are_retried():
     seen = set()
 
     def flip(n, f):  # damage the first ACK and the first OUTPUT: both requests are safe to send again
-        if f[2] in (P.CHECKED, P.OUTPUT) and f[2] not in seen:
+        if f[2] in (P.ACK, P.OUTPUT) and f[2] not in seen:
             seen.add(f[2])
             f = bytearray(f)
             f[len(f) // 2] ^= 0xFF
@@ -191,31 +191,37 @@ def test_corrupted_answers_are_retried():
 
     device, peer = connect(flip)
     exchange(device)
-    assert peer.requests.count(P.CHECK) == 2 and peer.requests.count(P.GET_OUTPUT) == 2
-    assert peer.requests.count(P.PUT_INPUT) == 1  # the input landed: only the CHECK was asked again
+    assert peer.requests.count(P.SET_INPUT) == 2 and peer.requests.count(P.GET_OUTPUT) == 2
 
 
 def test_dropped_answers_are_retried():
-    device, peer = connect(lambda n, f: b"" if n == 1 else f, timeout=0.5)  # the CHECK's answer is lost
+    device, peer = connect(lambda n, f: b"" if n == 1 else f, timeout=0.5)  # the SET_INPUT's ACK is lost
     exchange(device)
-    # asked again, and answered as the first time: the chunk is not sent again
-    assert peer.requests.count(P.CHECK) == 2 and peer.requests.count(P.PUT_INPUT) == 1
+    assert peer.requests.count(P.SET_INPUT) == 2
 
 
-def test_lost_chunks_go_again_in_small_chunks_the_rest_stays():
-    device, peer = connect()
-    peer.lose = lambda kind, n: kind == P.PUT_INPUT and n == 0  # the first 1024-byte chunk of 1000 bytes
+def test_a_lost_check_answer_is_answered_the_same_and_the_chunks_stay():
+    device, peer = connect(lambda n, f: b"" if f[2] == P.CHECKED and n == 1 else f, timeout=0.5)
+    device.put_chunk = P.PUT_CHUNK  # a link that has lost a chunk: inputs go in PUT rounds
+    exchange(device)
+    # asked again, and answered as the first time: no chunk is sent again
+    assert peer.requests.count(P.CHECK) == 2 and peer.requests.count(P.PUT_INPUT) == -(-1000 // P.PUT_CHUNK)
+
+
+def test_a_lost_chunk_moves_the_inputs_to_put_rounds_for_good():
+    device, peer = connect(timeout=2.0)
+    peer.lose = lambda kind, n: kind == P.SET_INPUT and n < 2  # the 1000-byte chunk, twice
     device.wait_hello(2.0)
     data = bytes(range(256)) * 3 + bytes(232)
     device.set_input(0, data)
     assert device.put_chunk == P.PUT_CHUNK and peer.inp == data
-    # one lost round, then every 24-byte chunk once in one round
+    # then every 24-byte chunk once, in one round
     small = -(-1000 // P.PUT_CHUNK)
-    assert peer.requests.count(P.PUT_INPUT) == small and peer.requests.count(P.CHECK) == 2
-    peer.lose = lambda kind, n: kind == P.PUT_INPUT and n in (1 + small + 1, 1 + small + 7)  # two of the next
+    assert peer.requests.count(P.PUT_INPUT) == small and peer.requests.count(P.CHECK) == 1
+    peer.lose = lambda kind, n: kind == P.PUT_INPUT and n in (small + 1, small + 7)  # two of the next input's
     device.set_input(0, data[::-1])
-    assert peer.inp == data[::-1] and peer._seen[P.PUT_INPUT] == 1 + 2 * small + 2  # only those two again
-    assert peer.requests.count(P.CHECK) == 4
+    assert peer.inp == data[::-1] and peer._seen[P.PUT_INPUT] == 2 * small + 2  # only those two again
+    assert peer.requests.count(P.CHECK) == 3 and peer._seen[P.SET_INPUT] == 2
 
 
 def test_damaged_chunks_reported_by_the_device_do_not_resend_the_check():
@@ -244,6 +250,7 @@ def test_damaged_chunks_reported_by_the_device_do_not_resend_the_check():
 def test_a_check_that_does_not_answer_the_request_is_an_error():
     device, peer = connect()
     device.wait_hello(2.0)
+    device.put_chunk = P.PUT_CHUNK
     peer.check_answer = lambda bits: bits + b"\0"
     with pytest.raises(ProtocolError, match="CHECKED for the PUTs from 1 does not answer the request"):
         device.set_input(0, bytes(100))
@@ -252,6 +259,7 @@ def test_a_check_that_does_not_answer_the_request_is_an_error():
 def test_chunks_that_never_land_are_an_error_not_a_loop():
     device, peer = connect(timeout=0.3)
     device.wait_hello(2.0)
+    device.put_chunk = P.PUT_CHUNK
     peer.check_answer = lambda bits: bytes(len(bits))  # as if no chunk ever landed
     with pytest.raises(P.NoAnswer, match="input 0: no chunk landed in 32 rounds in a row"):
         device.set_input(0, bytes(100))

@@ -337,8 +337,13 @@ static void send_stats(uint8_t seq)
 
 /* One inference of the inputs in inputs_copy, its count in *count. Only main() calls it, for INFER and
  * RUN_STAGED alike, so the painted peak stack is the same whichever request ran the model. */
+static uint32_t run_peak; /* the deepest stack of the inferences since the request began */
+
 __attribute__((noinline)) static void run_once(uint64_t *count)
 {
+    /* The stack is painted again below here, so its high water is this inference's alone: the protocol's
+     * own calls (an error answer, a damaged frame) must not change a reported figure. */
+    paint_stack();
     for (uint32_t i = 0, base = 0; i < MODEL_NUM_INPUTS; base += model_inputs[i].bytes, i++) {
         memcpy(arena + model_inputs[i].offset, inputs_copy + base, model_inputs[i].bytes);
     }
@@ -352,6 +357,8 @@ __attribute__((noinline)) static void run_once(uint64_t *count)
 #endif
     model_run(arena);
     *count = board_counter_read() - t0;
+    const uint32_t peak = peak_stack();
+    run_peak = peak > run_peak ? peak : run_peak;
 }
 
 /* INFER: the repetitions main() is to run (0: answered already, from the kept figures or with an error). */
@@ -375,7 +382,7 @@ __attribute__((noinline)) static uint32_t infer_begin(const frame_t *f, int repe
 __attribute__((noinline)) static void infer_end(const frame_t *f, uint32_t reps)
 {
     last_reps = reps;
-    last_stack = peak_stack();
+    last_stack = run_peak;
     last_hw = arena_high_water();
     stats_kept = 1;
     stats_seq = f->seq;
@@ -449,7 +456,7 @@ __attribute__((noinline)) static void staged_end(const frame_t *f, uint32_t done
         return;
     }
     put32(tx, done);
-    put32(tx + 4, peak_stack());
+    put32(tx + 4, run_peak);
     put32(tx + 8, arena_high_water());
     proto_send(MSG_RAN, f->seq, tx, 12);
 }
@@ -558,6 +565,7 @@ int main(void)
         case MSG_LOAD_INPUT: stats_kept = 0; load_input(&rx); break;
         case MSG_INFER: {
             const uint32_t reps = infer_begin(&rx, repeated);
+            run_peak = 0;
             for (uint32_t r = 0; r < reps; r++) {
                 run_once(&counts[r]);
             }
@@ -570,6 +578,7 @@ int main(void)
             stats_kept = 0;
             const uint32_t n = staged_begin(&rx);
             uint32_t done = 0;
+            run_peak = 0;
             while (done < n && staged_load(done)) {
                 run_once(&counts[0]);
                 if (!staged_store(&counts[0])) {
