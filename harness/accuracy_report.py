@@ -178,11 +178,12 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
     if t.get("input_path"):
         rate = t.get("input_bytes_per_s")
+        what = "staging file written at " if t["input_path"] == "semihosting" else ""
         rows.append(
             (
                 "inputs reached the device by",
                 _INPUT_PATHS.get(t["input_path"], t["input_path"]),
-                f"{rate / 1e3:,.0f} KB/s" if rate else "",
+                f"{what}{rate / 1e3:,.0f} KB/s" if rate else "",
             )
         )
     return rows
