@@ -234,6 +234,7 @@ def run_accuracy(
         # how inputs reached the device, and how fast (the bytes over the seconds spent moving them)
         "input_path": moved["path"],
         "input_bytes_per_s": (moved["bytes"] / moved["seconds"]) if moved["seconds"] > 0 else None,
+        "input_note": moved.get("note", ""),  # why a faster path fell back to the UART, if it did
     }
     report = {
         **record_base,
@@ -343,6 +344,7 @@ def _run_samples(
                 while not stop.is_set():
                     with lock:  # what this worker has moved so far (a path can fall back to the UART)
                         moved["path"] = runner.input_path
+                        moved["note"] = getattr(runner.session, "input_note", "") or moved.get("note", "")
                         bar.path = runner.input_path
                     # a batch where the target runs one in a single request (RUN_STAGED on QEMU), else one
                     batch_run = getattr(runner, "run_batch", None)

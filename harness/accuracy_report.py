@@ -183,7 +183,7 @@ def headline(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "inputs reached the device by",
                 _INPUT_PATHS.get(t["input_path"], t["input_path"]),
-                f"{what}{rate / 1e3:,.0f} KB/s" if rate else "",
+                "; ".join(x for x in (f"{what}{rate / 1e3:,.0f} KB/s" if rate else "", t.get("input_note")) if x),
             )
         )
     return rows

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import struct
 import threading
 import time
@@ -40,11 +41,20 @@ class FakeProbe:
 
 
 class FakeCoreTarget:
-    def __init__(self, log: list, on_reset=None, corrupt: bool = False) -> None:
+    def __init__(self, log: list, on_reset=None, corrupt: bool = False, corrupt_ram=False, write_error=None) -> None:
         self.log = log
-        self.flash: dict[int, int] = {}
+        self.flash: dict[int, int] = {}  # every address written, flash or RAM
         self.on_reset = on_reset
         self.corrupt = corrupt
+        self.corrupt_ram = corrupt_ram  # RAM reads back with one bit flipped
+        self.write_error = write_error
+
+    def write_memory_block8(self, addr: int, data):
+        self.log.append(f"write 0x{addr:08x}+{len(data)}")
+        if self.write_error:
+            raise self.write_error
+        for i, b in enumerate(data):
+            self.flash[addr + i] = b
 
     def reset_and_halt(self):
         self.log.append("reset_and_halt")
@@ -57,7 +67,7 @@ class FakeCoreTarget:
     def read_memory_block8(self, addr: int, n: int):
         self.log.append(f"read 0x{addr:08x}+{n}")
         data = [self.flash.get(addr + i, 0xFF) for i in range(n)]
-        if self.corrupt:
+        if self.corrupt or (self.corrupt_ram and addr >= 0x20000000):
             data[n // 2] ^= 0x01
         return data
 
@@ -371,3 +381,61 @@ def test_a_qemu_build_is_refused(f412, tmp_path):
     build = build_firmware(STUB, f412, qemu=True, cache_dir=tmp_path)
     with pytest.raises(TargetError, match="built for the QEMU fallback"):
         targets.pyocd_target(f412, UID).open(build)
+
+
+# --- inputs over SWD ---------------------------------------------------------------------------------------
+
+
+class UartInputs:
+    """Stands in for the session's protocol Device, recording the inputs that went over the UART."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes]] = []
+
+    def set_input(self, index: int, data: bytes) -> None:
+        self.sent.append((index, data))
+
+
+def _swd_session(monkeypatch, f412, f412_build, **target_kw):
+    dev = PtyDevice(hello_payload(f412.clock_hz, f412_build.build_id))
+    fake = FakePyocd(probes=[FakeProbe(UID)], on_reset=dev.boot, **target_kw)
+    fake.install(monkeypatch)
+    target = targets.pyocd_target(replace(f412, serial=dev.path), UID)
+    return dev, fake, target
+
+
+def test_inputs_go_over_swd_into_the_input_copy_and_are_read_back(monkeypatch, f412, f412_build):
+    dev, fake, target = _swd_session(monkeypatch, f412, f412_build)
+    data = bytes(range(256)) * 3 + bytes(232)
+    try:
+        with target.open(f412_build, timeout=2.0) as s:
+            s.device, start = UartInputs(), len(fake.log)
+            s.put_input(0, data)
+            addr = tp.symbol_address(f412_build.elf, "inputs_copy")
+            assert addr is not None and addr >= 0x20000000  # the firmware's RAM copy, not the arena
+            assert fake.log[start:] == [f"write 0x{addr:08x}+1000", f"read 0x{addr:08x}+1000"]  # in this order
+            assert bytes(fake.target.flash[addr + i] for i in range(1000)) == data
+            assert s.device.sent == [] and s.input_path == "swd"
+    finally:
+        dev.close()
+
+
+@pytest.mark.parametrize(
+    "target_kw, why",
+    [
+        ({"write_error": OSError("probe unplugged")}, "the write at 0x2.* failed: OSError: probe unplugged"),
+        ({"corrupt_ram": True}, "input 0 read back different"),
+    ],
+)
+def test_a_failed_or_wrong_swd_write_moves_the_inputs_to_the_uart(monkeypatch, f412, f412_build, target_kw, why):
+    dev, fake, target = _swd_session(monkeypatch, f412, f412_build, **target_kw)
+    try:
+        with target.open(f412_build, timeout=2.0) as s:
+            s.device = UartInputs()
+            s.put_input(0, b"\x01" * 1000)
+            s.put_input(0, b"\x02" * 1000)  # and it stays there: no second try over SWD
+            assert s.input_path == "uart" and re.search(why, s.input_note)
+            assert s.device.sent == [(0, b"\x01" * 1000), (0, b"\x02" * 1000)]
+            assert sum(1 for e in fake.log if isinstance(e, str) and e.startswith("write ")) == 1
+    finally:
+        dev.close()

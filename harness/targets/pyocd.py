@@ -134,6 +134,10 @@ class PyocdSession:
         self.port = None
         self.session = None
         self.describe = f"{board.name} (probe {probe})"
+        # inputs written straight into the firmware's input copy over SWD, checked by reading them back;
+        # the UART (the protocol of record) once a write fails or reads back wrong
+        self.input_path = "swd"
+        self.input_note = ""  # why the inputs moved to the UART, when they did
         try:
             self._connect()
             target = self.session.target
@@ -150,6 +154,36 @@ class PyocdSession:
         except BaseException:
             self.close()
             raise
+
+    def put_input(self, index: int, data: bytes) -> None:
+        """Input `index` by SWD (`write_memory_block8` into the firmware's `inputs_copy`, then read back),
+        or over the UART once that has failed."""
+        if self.input_path == "swd":
+            base = self._inputs_copy()
+            if base is not None:
+                addr = base + sum(t.bytes for t in self.hello.inputs[:index])
+                target = self.session.target
+                try:
+                    target.write_memory_block8(addr, list(data))
+                    got = bytes(target.read_memory_block8(addr, len(data)))
+                except Exception as e:  # pyOCD transfer errors, a probe unplugged: the UART still serves
+                    self._swd_failed(f"the write at 0x{addr:08x} failed: {type(e).__name__}: {e}")
+                else:
+                    if got == data:
+                        return
+                    self._swd_failed(f"input {index} read back different at 0x{addr:08x}")
+        self.device.set_input(index, data)
+
+    def _inputs_copy(self) -> int | None:
+        if not hasattr(self, "_inputs_addr"):
+            self._inputs_addr = symbol_address(self.elf, "inputs_copy")
+            if self._inputs_addr is None:
+                self._swd_failed(f"{self.elf.name} has no inputs_copy symbol")
+        return self._inputs_addr
+
+    def _swd_failed(self, why: str) -> None:
+        self.input_path = "uart"
+        self.input_note = f"inputs over the UART from now on: {why}"
 
     # --- steps --------------------------------------------------------------------------------------
 
@@ -294,6 +328,16 @@ def expected_clock_hz(board: Board) -> int:
     from harness.build import clock_setup_for
 
     return board.clock_hz if clock_setup_for(board, qemu=False) else board.reset_clock_hz
+
+
+def symbol_address(elf: Path, name: str) -> int | None:
+    """The address of symbol `name` in the ELF's symbol table (static ones included), or None."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf, "rb") as f:
+        table = ELFFile(f).get_section_by_name(".symtab")
+        found = table.get_symbol_by_name(name) if table is not None else None
+        return found[0]["st_value"] if found else None
 
 
 def load_segments(elf: Path) -> list[tuple[int, bytes]]:
