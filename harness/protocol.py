@@ -153,6 +153,10 @@ class Hello:
     outputs: list[TensorSpec] = field(default_factory=list)
     arena_used: int | None = None  # what the engine's allocator counts as used (TFLM's arena_used_bytes())
 
+    def input_offset(self, index: int) -> int:
+        """Where input `index` starts in the firmware's copy of the inputs (they lie back to back)."""
+        return sum(t.bytes for t in self.inputs[:index])
+
 
 @dataclass
 class Stats:

@@ -91,7 +91,7 @@ def test_firmware_that_refuses_load_input_falls_back_to_the_uart():
     session = QemuSession.__new__(QemuSession)  # the staging half only: no QEMU process needed
     session._stage = Path(tempfile.mkdtemp())
     session._stage_file, session._staged, session.input_path = session._stage / "inputs.bin", False, "semihosting"
-    session.hello = type("H", (), {"inputs": [P.TensorSpec(0, 4, 1.0, 0, (4,))]})()
+    session.hello = P.Hello(2, 1, 0, 0, 0, "b", "c", "s", "id", "m", inputs=[P.TensorSpec(0, 4, 1.0, 0, (4,))])
     session.device = OldFirmware()
     session.put_input(0, b"abcd")
     assert session.input_path == "uart" and session.device.sent == [(0, b"abcd")]

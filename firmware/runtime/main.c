@@ -450,7 +450,6 @@ __attribute__((noinline)) static void staged_end(const frame_t *f, uint32_t done
     board_file_close(staged_in_fd);
     board_file_close(staged_out_fd);
     staged_in_fd = staged_out_fd = -1;
-    stats_kept = 0; /* the kept figures are no INFER's now */
     if (done < count) {
         proto_error(f->seq, ERR_OUT_OF_RANGE, done, count, 0, 0, "RUN_STAGED: a staging file is short");
         return;
@@ -575,7 +574,7 @@ int main(void)
             break;
         }
         case MSG_RUN_STAGED: {
-            stats_kept = 0;
+            stats_kept = 0; /* the figures a repeated INFER would get are no longer the last run's */
             const uint32_t n = staged_begin(&rx);
             uint32_t done = 0;
             run_peak = 0;

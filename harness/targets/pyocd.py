@@ -161,7 +161,7 @@ class PyocdSession:
         if self.input_path == "swd":
             base = self._inputs_copy()
             if base is not None:
-                addr = base + sum(t.bytes for t in self.hello.inputs[:index])
+                addr = base + self.hello.input_offset(index)
                 target = self.session.target
                 try:
                     target.write_memory_block8(addr, list(data))

@@ -109,7 +109,7 @@ class QemuSession:
         """Input `index` by the fastest path: written at its offset in a host file the firmware reads by
         semihosting (the file's path goes once), or the UART (PUT_INPUT) if the firmware cannot."""
         if self.input_path == "semihosting":
-            offset = sum(t.bytes for t in self.hello.inputs[:index])
+            offset = self.hello.input_offset(index)
             with open(self._stage_file, "r+b" if self._stage_file.exists() else "wb") as f:
                 f.seek(offset)
                 f.write(data)
