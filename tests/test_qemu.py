@@ -3,6 +3,7 @@ outputs over the protocol on every QEMU machine; determinism; a hung and a fault
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -71,7 +72,10 @@ def test_a_hung_device_is_killed_within_its_timeout(tmp_path):
     assert time.monotonic() - start < 20
     assert proc.poll() is not None  # the session reaped QEMU
     # reported after 2 x timeout of silence (it acknowledged the INFER, then hung)
-    assert "did not answer INFER within 6.0 s" in str(e.value) and "may be hung" in str(e.value)
+    # the figure is the silence measured, so a loaded machine may report a little more than 6.0 s
+    m = re.search(r"did not answer INFER within ([0-9.]+) s \(2 x --timeout 3 s\)", str(e.value))
+    assert m and 6.0 <= float(m.group(1)) < 8.0, str(e.value)
+    assert "may be hung" in str(e.value)
     assert "acknowledged" in str(e.value)
 
 
