@@ -432,10 +432,14 @@ class Device:
                     continue
                 self._raise_error(f.payload)
             if f.seq != seq:
-                continue  # an answer to an earlier request, or a repeat of one
+                # an answer to an earlier request, or a repeat of one: intact, so not a garbled answer to
+                # this one; quiet after it must not send this request again
+                mark = self.bytes_read - len(self._buf)
+                continue
             if f.kind == ACK and kind in COMPUTING and f.payload[:1] == bytes([kind]):
                 if COMPUTING[kind] == answer and ack_ok:
                     return f
+                mark = self.bytes_read - len(self._buf)
                 continue  # a repeat of the acknowledgement
             if f.kind != answer:
                 raise ProtocolError(f"{self.describe} answered 0x{f.kind:02x}, expected 0x{answer:02x}")
@@ -593,8 +597,8 @@ class Device:
         self.request(LOAD_INPUT, struct.pack("<BI", index, offset) + name, ACK)
 
     def run_staged(self, first: int, count: int, in_path: str, out_path: str) -> tuple[int, int, int]:
-        """RUN_STAGED: (samples run, peak stack, arena high water). The batch is not kept: a repeat after a
-        lost answer runs it again, with the same outputs and, on QEMU, the same counts."""
+        """RUN_STAGED: (samples run, peak stack, arena high water). A repeat after a lost or late answer
+        gets the device's kept RAN; the batch is not run again (its out file is not rewritten)."""
         a, b = in_path.encode(), out_path.encode()
         if not (0 < len(a) <= 255 and 0 < len(b) <= 255):
             raise ProtocolError(f"RUN_STAGED: paths of 1..255 bytes, got {len(a)} and {len(b)}")

@@ -16,6 +16,7 @@ from harness import protocol as P
 from harness.accuracy import load_samples, run_accuracy
 from harness.bench import prepare
 from harness.boards import get_board
+from harness.errors import TargetError
 from harness.targets.qemu import QemuSession
 from harness.zoo import resolve_model
 
@@ -125,3 +126,23 @@ def test_run_staged_refuses_what_it_cannot_read(digits, tmp_path):
         with pytest.raises(P.Refused, match="RUN_STAGED: bad request"):
             dev.request(P.RUN_STAGED, struct.pack("<IHB", 0, 1, 9) + b"only/in/a", P.RAN)
         assert dev.run_staged(0, 3, str(tmp_path / "three.bin"), str(tmp_path / "out.bin"))[0] == 3
+
+
+def test_a_repeated_run_staged_gets_the_kept_answer_without_running_again(digits, tmp_path):
+    """A RUN_STAGED sent again (its answer late or lost) is answered with the first run's RAN at once: the
+    batch is not run again, so the out file the host may be reading is not rewritten."""
+    with digits.open(30.0) as runner:
+        dev = runner.session.device
+        (tmp_path / "in.bin").write_bytes(bytes(range(64)) * 3)
+        out = tmp_path / "out.bin"
+        a, b = str(tmp_path / "in.bin").encode(), str(out).encode()
+        frame = P.encode(P.RUN_STAGED, 200, struct.pack("<IHB", 0, 3, len(a)) + a + b)
+        dev.port.write(frame + frame)
+        answers = [dev.read_frame(10.0) for _ in range(3)]
+        assert [(f.kind, f.seq) for f in answers] == [(P.ACK, 200), (P.RAN, 200), (P.RAN, 200)]
+        assert answers[1].payload == answers[2].payload and struct.unpack("<I", answers[1].payload[:4]) == (3,)
+        with pytest.raises(TargetError):
+            dev.read_frame(0.5)  # and nothing more: no second run's acknowledgement
+        assert len(out.read_bytes()) == 3 * (10 + 8)
+        # another RUN_STAGED (a new sequence number) runs
+        assert dev.run_staged(1, 2, str(tmp_path / "in.bin"), str(out))[0] == 2

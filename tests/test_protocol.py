@@ -320,6 +320,24 @@ def test_a_repeat_lost_after_garbled_figures_does_not_wait_a_timeout():
     assert time.monotonic() - t0 < 1.0 and peer.runs == 1 and peer._seen[P.INFER] == 4
 
 
+def test_an_earlier_requests_late_answer_does_not_send_the_request_again():
+    """An intact answer to an earlier request (a repeat's, arriving late) and then quiet is not a garbled
+    answer to this one: the host waits for its own, and sends nothing again."""
+    box = []
+
+    def stale_then_late(n, f):
+        if f[2] == P.STATS:
+            box[0].sock.sendall(P.encode(P.ACK, (f[3] - 1) & 0xFF, bytes([P.INFER])))
+            time.sleep(0.4)  # four times the longest quiet that means "garbled"
+        return f
+
+    device, peer = connect(stale_then_late, timeout=5.0)
+    box.append(peer)
+    device.wait_hello(2.0)
+    assert device.infer(2).counts == [0, 1]
+    assert peer._seen[P.INFER] == 1
+
+
 def long_frames_garbled(limit: int = 100):
     def damage(n, f):
         return f[:20] + bytes([f[20] ^ 1]) + f[21:] if len(f) > limit else f
