@@ -420,6 +420,9 @@ class Device:
                 if "faulted" in str(e):
                     raise
                 raise _Retry(str(e)) from None
+            # an intact frame is no garbled answer, whatever it answers (an earlier request, a repeat, a
+            # damaged PUT): only bytes after it can be, so quiet after it does not send this request again
+            mark = self.bytes_read - len(self._buf)
             if f.kind == ERROR:
                 code = struct.unpack_from("<H", f.payload.ljust(2, b"\0"))[0]
                 if code in (ERR_FAULT, ERR_ENGINE):  # whatever request it answers: the device is done
@@ -432,14 +435,10 @@ class Device:
                     continue
                 self._raise_error(f.payload)
             if f.seq != seq:
-                # an answer to an earlier request, or a repeat of one: intact, so not a garbled answer to
-                # this one; quiet after it must not send this request again
-                mark = self.bytes_read - len(self._buf)
-                continue
+                continue  # an answer to an earlier request, or a repeat of one
             if f.kind == ACK and kind in COMPUTING and f.payload[:1] == bytes([kind]):
                 if COMPUTING[kind] == answer and ack_ok:
                     return f
-                mark = self.bytes_read - len(self._buf)
                 continue  # a repeat of the acknowledgement
             if f.kind != answer:
                 raise ProtocolError(f"{self.describe} answered 0x{f.kind:02x}, expected 0x{answer:02x}")

@@ -393,8 +393,8 @@ __attribute__((noinline)) static void infer_end(const frame_t *f, uint32_t reps)
  * `first` of a host file of samples (each every input, back to back) each run once; each one's outputs
  * (back to back) and count u64 are appended to the out file, which it truncates first. Answered ACK at
  * once, RAN (samples u32, peak stack u32, arena high water u32) at the end; a repeat gets that RAN again,
- * without running the batch. The host's staging is the
- * harness's memory: the inputs go through inputs_copy as any others. */
+ * without running the batch. The host's staging is the harness's memory: the inputs go through
+ * inputs_copy as any others. */
 static char staged_out[256] __attribute__((section(".harness")));
 static int32_t staged_in_fd = -1, staged_out_fd = -1;
 static uint32_t staged_first;
