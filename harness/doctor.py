@@ -90,7 +90,9 @@ def check_qemu() -> list[Check]:
                         "qemu",
                         f"machine {b.machine}",
                         b.machine in known,
-                        f"for {b.name}" if b.machine in known else f"this QEMU lacks {b.machine} (used by {b.name})",
+                        f"for {b.name}; inputs by semihosting (the UART where refused)"
+                        if b.machine in known
+                        else f"this QEMU lacks {b.machine} (used by {b.name})",
                         "install QEMU >= 7.2 (" + APT_QEMU + ")",
                     )
                 )
@@ -155,7 +157,7 @@ def check_probes() -> list[Check]:
                 "probe",
                 "debug probes",
                 True,
-                "none attached: benches run on each board's QEMU fallback",
+                "none attached: benches run on each board's QEMU fallback, inputs by semihosting",
                 required=False,
             )
         ]
@@ -165,7 +167,7 @@ def check_probes() -> list[Check]:
             p.unique_id,
             bool(p.board),
             f"{p.description}; board {p.board or 'unknown (' + (p.board_name or p.board_id or '?') + ')'}; "
-            f"serial {p.serial_port or 'none found'}",
+            f"serial {p.serial_port or 'none found'}; inputs by SWD (the UART if a write fails)",
             "" if p.board else "add its board to boards.toml (board_id) or pass --board and --probe",
             required=False,
         )

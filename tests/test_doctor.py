@@ -20,6 +20,7 @@ def test_doctor_on_this_machine(capsys):
     checks = by_name(doctor.run_doctor())
     assert checks["arm-none-eabi-gcc"].ok and checks["newlib (nano)"].ok and checks["qemu-system-arm"].ok
     assert checks["machine netduinoplus2"].ok and checks["machine mps2-an500"].ok
+    assert "inputs by semihosting" in checks["machine mps2-an500"].detail  # the bulk-input path it gets
     assert checks["pyOCD"].ok and checks["pyOCD"].detail.startswith("version ")
     assert checks["arm-none-eabi-g++ with libstdc++"].ok  # make installs it
     sources = checks["TFLite Micro sources"]
@@ -62,6 +63,7 @@ def test_probes_command_lists_probe_board_and_port(monkeypatch, capsys):
     assert "nucleo-f746" in capsys.readouterr().out
     checks = doctor.check_probes()
     assert checks[0].ok and "board nucleo-f746" in checks[0].detail and "/dev/ttyACM0" in checks[0].detail
+    assert "inputs by SWD" in checks[0].detail
 
 
 def test_no_probes(capsys):
