@@ -91,7 +91,7 @@ def run_accuracy(
     resume: bool | str = True,
     *,
     mapping: str | tuple[float, float] | None = None,
-    resize_method: str = "bilinear",
+    resize_method: str | None = None,
     channel_order: str = "rgb",
     opt: str = "-O2",
     build_dir: str | None = None,
@@ -135,6 +135,10 @@ def run_accuracy(
         channel_order=channel_order,
     )
     total = len(fitted.x) if limit is None else max(0, min(int(limit), len(fitted.x)))
+    # what was done to the user's data, said before anything runs (not only in the report)
+    say(f"inputs: {fitted.mapping}")
+    for note in fitted.notes:
+        say(f"note: {note}")
     if engine is None:
         engine = prepare(board, graph, target, opt, build_dir, say, engine=engine_name)
     elif engine.digest != model_digest(graph) or engine.board.name != board.name:

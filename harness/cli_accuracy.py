@@ -38,11 +38,21 @@ def register(subparsers) -> None:
     a.add_argument(
         "--input-range",
         default=None,
-        help="how sample values become the model's real input: 'raw' (as they are), 'auto' (stretch the "
-        "data's range over the input's), or LO:HI (default: raw for digits, auto otherwise)",
+        help="how sample values become the model's input: 'raw' (they are real values in the model's units, "
+        "quantized with the input's scale and zero point), 'auto' (stretch the data's range over the input's), "
+        "LO:HI (stretch it over LO..HI), or 'int8' (they are the input tensor's values, sent as they are) "
+        "(default: int8 for int8 data, auto for uint8 data and image folders, raw otherwise)",
     )
-    a.add_argument("--resize", choices=["bilinear", "nearest"], default="bilinear")
-    a.add_argument("--channel-order", choices=["rgb", "bgr"], default="rgb")
+    a.add_argument(
+        "--resize",
+        choices=["bilinear", "nearest"],
+        default=None,
+        help="resize images of another size to the input's, and convert their channels (default: refuse "
+        "data whose shape is not the input's)",
+    )
+    a.add_argument(
+        "--channel-order", choices=["rgb", "bgr"], default="rgb", help="colour order the model takes (default: rgb)"
+    )
     a.add_argument("--opt", default="-O2", help="optimisation flag for the firmware build")
     a.add_argument("--timeout", type=float, default=120.0, help="seconds one device request may take")
     a.add_argument(

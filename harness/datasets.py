@@ -41,9 +41,10 @@ class Dataset:
     classes: list[str]  # class index -> name
     value_range: tuple[float, float]  # the samples' natural range (e.g. 0..16 digits, 0..255 images)
     path: str | None = None
-    # How sample values map to the model's real-valued input by default: "raw" (they ARE the real values,
-    # e.g. digits_cnn reads the 0..16 pixels as is) or "auto" (stretch value_range over the input's range).
-    default_mapping: str = "auto"
+    # How sample values map to the model's input by default: "raw" (they ARE the real values, quantized with
+    # the input's scale and zero point: float features, digits_cnn's 0..16 pixels), "auto" (stretch
+    # value_range over the input's range: 0..255 pixels) or "int8" (they are the input tensor's int8 values).
+    default_mapping: str = "raw"
     notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -146,6 +147,10 @@ def load_npz(path: str | Path) -> Dataset:
         raise DatasetError(f"{path}: x must be [samples, ...], it has shape {x.shape}")
     if len(x) == 0:
         raise DatasetError(f"{path}: the data set has no samples (x has shape {x.shape})")
+    notes: list[str] = []
+    if y.dtype.kind in "USO":  # class names, not indices
+        y, classes, note = _named_labels(y, classes, str(path))
+        notes.append(note)
     y = _labels(y, len(x), str(path))
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise DatasetError(f"{path}: x must be numeric, it is {x.dtype}")
@@ -161,7 +166,33 @@ def load_npz(path: str | Path) -> Dataset:
         classes=classes,
         value_range=(float(vr[0]), float(vr[1])),
         path=str(path),
-        default_mapping="raw" if x.dtype == np.int8 else "auto",
+        # int8: the input tensor's own values; uint8: pixels, stretched over the input's range; anything
+        # else: real values in the model's units, quantized as they are
+        default_mapping={np.dtype(np.int8): "int8", np.dtype(np.uint8): "auto"}.get(x.dtype, "raw"),
+        notes=notes,
+    )
+
+
+def _named_labels(y: np.ndarray, classes: list[str] | None, where: str) -> tuple[np.ndarray, list[str], str]:
+    """Labels given as class names: indices into `classes` when the file has that array, else into the sorted
+    names (said, since the model's output order is not known here)."""
+    names = [str(v) for v in np.asarray(y).reshape(-1)]
+    if classes is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted(set(names) - set(index))
+        if unknown:
+            raise DatasetError(
+                f"{where}: labels {', '.join(map(repr, unknown[:5]))} are not in the file's 'classes' array"
+            )
+        return np.array([index[n] for n in names]), classes, "labels are class names, indexed by 'classes'"
+    order = sorted(set(names))
+    index = {c: i for i, c in enumerate(order)}
+    shown = ", ".join(f"{c}={i}" for c, i in list(index.items())[:6]) + (", ..." if len(order) > 6 else "")
+    return (
+        np.array([index[n] for n in names]),
+        order,
+        f"labels are class names, numbered in sorted order ({shown}): add a 'classes' array to the .npz "
+        "if the model's outputs are in another order",
     )
 
 
@@ -197,6 +228,7 @@ def load_folder(path: str | Path) -> Dataset:
         classes=classes,
         value_range=(0.0, 255.0 if top > 1.0 else 1.0),
         path=str(path),
+        default_mapping="auto",  # decoded pixels, 0..255 (or 0..1)
     )
 
 
@@ -384,13 +416,13 @@ def to_channels(img: np.ndarray, channels: int, order: str = "rgb") -> np.ndarra
 
 
 def parse_mapping(text: str | None) -> str | tuple[float, float] | None:
-    """'auto', 'raw', or 'LO:HI' (the real range the data set's value range is stretched over)."""
-    if text is None or text in ("auto", "raw"):
+    """'auto', 'raw', 'int8', or 'LO:HI' (the real range the data set's value range is stretched over)."""
+    if text is None or text in ("auto", "raw", "int8"):
         return text
     try:
         lo, hi = (float(v) for v in str(text).split(":"))
     except ValueError as e:
-        raise DatasetError(f"input range {text!r}: use 'auto', 'raw' or LO:HI such as 0:1 or -1:1") from e
+        raise DatasetError(f"input range {text!r}: use 'raw', 'auto', 'int8' or LO:HI such as 0:1 or -1:1") from e
     if not hi > lo:
         raise DatasetError(f"input range {text!r}: HI must exceed LO")
     return (lo, hi)
@@ -402,15 +434,18 @@ def fit_to_model(
     num_outputs: int,
     *,
     mapping: str | tuple[float, float] | None = None,
-    resize_method: str = "bilinear",
+    resize_method: str | None = None,
     channel_order: str = "rgb",
     limit: int | None = None,
 ) -> FittedData:
     """The int8 inputs `spec` takes, one per sample, or a DatasetError saying why the data cannot fit.
 
-    mapping: how a sample's values become the model's real-valued input. "raw": they are the real values;
-    "auto": the data set's value range is stretched linearly over the range the input can represent (so
-    0..255 pixels become 0..1 for a 1/255-scaled input); (lo, hi): stretched over lo..hi.
+    mapping: how a sample's values become the model's input. "raw": they are the real values, quantized with
+    the input's scale and zero point; "auto": the data set's value range is stretched linearly over the range
+    the input can represent (so 0..255 pixels become 0..1 for a 1/255-scaled input); (lo, hi): stretched over
+    lo..hi; "int8": they are the int8 tensor's values, sent as they are. None: the data set's default.
+    resize_method: None refuses images of another size or channel count than the input's (a user's data
+    is not changed unasked); "bilinear" or "nearest" resizes them and converts their channels.
     """
     if len(ds) == 0:
         raise DatasetError(f"data set {ds.name!r} is empty")
@@ -435,7 +470,10 @@ def fit_to_model(
     real_lo, real_hi = spec.real_range
     if mapping == "raw":
         lo_hi = None
-        how = "sample values used as the model's real input"
+        how = "sample values are the model's real input"
+    elif mapping == "int8":
+        lo_hi = None
+        how = "int8 samples sent as they are (the input tensor's own values)"
     elif mapping == "auto":
         lo_hi = (real_lo, real_hi)
         how = f"{ds.value_range[0]:g}..{ds.value_range[1]:g} stretched to the input's {real_lo:g}..{real_hi:g}"
@@ -443,15 +481,26 @@ def fit_to_model(
         lo_hi = mapping
         how = f"{ds.value_range[0]:g}..{ds.value_range[1]:g} stretched to {mapping[0]:g}..{mapping[1]:g}"
     else:
-        raise DatasetError(f"unknown input mapping {mapping!r}: use 'auto', 'raw' or (lo, hi)")
-    resized = False
+        raise DatasetError(f"unknown input mapping {mapping!r}: use 'raw', 'auto', 'int8' or (lo, hi)")
+    if resize_method not in (None, "bilinear", "nearest"):
+        raise DatasetError(f"unknown resize method {resize_method!r}: use 'bilinear' or 'nearest'")
+    resized = converted = False
+    clamped = values = 0
     for i in range(count):
         s = np.asarray(ds.samples[i], dtype=np.float32)
         if is_image:
             s = _as_image(s, body, ds.name, i)
+            channels = s.shape[2] if s.ndim == 3 else 1
+            if (s.shape[:2] != body[:2] or channels != body[2]) and resize_method is None:
+                raise DatasetError(
+                    f"data set {ds.name!r}: sample {i} is a {s.shape[0]}x{s.shape[1]}x{channels} image; the "
+                    f"model takes {body[0]}x{body[1]}x{body[2]}: give data of the input's shape, or pass "
+                    "--resize bilinear (or nearest) to resize the images and convert their channels"
+                )
             if s.shape[:2] != body[:2]:
                 resized = True
-                s = resize(s, body[0], body[1], resize_method)
+                s = resize(s, body[0], body[1], resize_method or "bilinear")
+            converted |= channels != body[2]
             s = to_channels(s, body[2], channel_order)
         elif s.size != int(np.prod(body)):
             raise DatasetError(
@@ -459,6 +508,14 @@ def fit_to_model(
                 f"{shape} takes {int(np.prod(body))} values"
             )
         s = s.reshape(body)
+        if mapping == "int8":
+            if np.any((s < -128) | (s > 127) | (s != np.round(s))):
+                raise DatasetError(
+                    f"data set {ds.name!r}: sample {i} holds values that are not int8 (--input-range int8 sends "
+                    "samples as the input tensor's values): use 'raw' or 'auto' for real values"
+                )
+            x[i] = s.astype(np.int8).reshape(shape)
+            continue
         if lo_hi is not None:
             vlo, vhi = ds.value_range
             s = (s - vlo) * ((lo_hi[1] - lo_hi[0]) / ((vhi - vlo) or 1.0)) + lo_hi[0]
@@ -468,6 +525,10 @@ def fit_to_model(
             q = np.asarray(quantize_input(s.astype(np.float32), spec.boundary), dtype=np.int8)
         else:
             q = quantize(s, spec.scale, spec.zero_point)
+            # what the int8 range cannot hold: half a step beyond either end
+            step = spec.scale / 2
+            clamped += int(np.count_nonzero((s < real_lo - step) | (s > real_hi + step)))
+            values += s.size
         x[i] = q.reshape(shape)
     if resized:
         how += f"; resized to {body[0]}x{body[1]} ({resize_method})"
@@ -476,7 +537,15 @@ def fit_to_model(
         how += f"; {body[2]} channel{'s' if body[2] > 1 else ''}"
         if body[2] == 3:
             how += f" ({channel_order})"
-    how += f"; quantized with scale {spec.scale:g}, zero point {spec.zero_point}"
+        if converted:
+            notes.append(f"image channels converted to {body[2]} ({'grey by BT.601 luma' if body[2] == 1 else 'RGB'})")
+    if mapping != "int8":
+        how += f"; quantized with scale {spec.scale:g}, zero point {spec.zero_point}"
+    if clamped:
+        notes.append(
+            f"{clamped:,} of {values:,} values ({100 * clamped / values:.1f} %) lie outside the input's "
+            f"{real_lo:g}..{real_hi:g} and were clamped: is --input-range right?"
+        )
     h = hashlib.sha256()
     h.update(repr(shape).encode())
     h.update(x.tobytes())

@@ -492,6 +492,25 @@ def test_cli_runs_and_prints(tmp_path, monkeypatch, capsys):
     assert len(list(results.read("accuracy", tmp_path))) == 2
 
 
+def test_cli_refuses_data_of_another_shape_and_says_what_it_did_to_data(tmp_path, monkeypatch, capsys):
+    """A shape that is not the input's is an error (exit 2, no traceback) until --resize is asked for; every
+    transformation is printed in the terminal, not only in the report."""
+    from harness.cli import main
+
+    monkeypatch.setenv("HARNESS_BUILD_DIR", str(tmp_path / "build"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb.npz", x=rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), y=[0, 1, 2, 3, 4, 5])
+    argv = ["accuracy", "--board", "nucleo-f746", "--model", "digits_cnn", "--dataset", str(tmp_path / "rgb.npz"),
+            "--target", "host", "--results", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "16x16x3 image; the model takes 8x8x1" in err and "--resize" in err and "Traceback" not in err
+    assert not list(results.read("accuracy", tmp_path))  # refused before anything ran
+    main([*argv, "--resize", "nearest"])
+    err = capsys.readouterr().err
+    assert "resized to 8x8 (nearest)" in err and "grey by BT.601" in err and "stretched to the input's" in err
+
+
 # --- end to end: the real digits_cnn -------------------------------------------------------------------
 
 

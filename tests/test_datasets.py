@@ -87,13 +87,54 @@ def test_folder_of_png_jpeg_pgm(tmp_path):
     ds = load_dataset(tmp_path)
     assert ds.source == "folder" and ds.classes == ["cat", "dog"]
     assert ds.labels.tolist() == [0, 0, 1, 1]  # sorted files: red.jpg, white.png
-    fd = fit_to_model(ds, GRAY8, 2)
+    with pytest.raises(DatasetError, match=r"12x20x3 image; the model takes 8x8x1: .*--resize"):
+        fit_to_model(ds, GRAY8, 2)  # another size is resized only when asked
+    fd = fit_to_model(ds, GRAY8, 2, resize_method="bilinear")
     assert fd.x.shape == (4, 1, 8, 8, 1)
     red, white, black, gray = (fd.x[i, 0, :, :, 0] for i in range(4))
     assert np.all(white == 127) and np.all(black == -128) and np.all(gray == 127)
     # red -> BT.601 luma 0.299 * 255 (JPEG moves it by a level or two)
     assert np.all(np.abs(red.astype(int) - (round(0.299 * 255) - 128)) <= 3)
     assert "resized" in fd.mapping
+    assert any("resized" in n for n in fd.notes) and any("grey" in n for n in fd.notes)
+
+
+def test_data_is_not_changed_unasked(tmp_path):
+    """A shape that is not the input's is refused; int8 data goes as it is; float data is quantized with the
+    input's scale and zero point, not stretched; clamped values are said."""
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "rgb.npz", x=rng.random((3, 32, 32, 3), dtype=np.float32), y=[0, 1, 0])
+    kws = InputSpec((1, 49, 10, 1), 0.5, 10)
+    with pytest.raises(DatasetError, match=r"32x32x3 image; the model takes 49x10x1"):
+        fit_to_model(load_dataset(tmp_path / "rgb.npz"), kws, 2)
+    q = rng.integers(-128, 128, size=(3, 8, 8, 1), dtype=np.int8)
+    np.savez(tmp_path / "q.npz", x=q, y=[0, 1, 1])
+    fd = fit_to_model(load_dataset(tmp_path / "q.npz"), GRAY8, 2)
+    assert np.array_equal(fd.x[:, 0], q) and "sent as they are" in fd.mapping  # -128 stays -128
+    feats = np.linspace(-3, 3, 3 * 64, dtype=np.float32).reshape(3, 8, 8, 1)
+    np.savez(tmp_path / "f.npz", x=feats, y=[0, 1, 1])
+    spec = InputSpec((1, 8, 8, 1), 0.05, 3)  # represents -6.55..6.2: nothing clamps
+    fd = fit_to_model(load_dataset(tmp_path / "f.npz"), spec, 2)
+    assert np.array_equal(fd.x[:, 0], quantize(feats, 0.05, 3)) and "real input" in fd.mapping
+    assert not any("clamped" in n for n in fd.notes)
+    narrow = fit_to_model(load_dataset(tmp_path / "f.npz"), InputSpec((1, 8, 8, 1), 0.01, 0), 2)
+    (note,) = [n for n in narrow.notes if "clamped" in n]
+    outside = int(np.count_nonzero((feats < -1.285) | (feats > 1.275)))  # beyond -128..127 steps, by half one
+    assert 0 < outside < feats.size and note.startswith(f"{outside} of 192 values")
+
+
+def test_string_labels_become_class_indices(tmp_path):
+    x = np.zeros((4, 8, 8), np.uint8)
+    np.savez(tmp_path / "named.npz", x=x, y=np.array(["dog", "cat", "dog", "bird"]))
+    ds = load_dataset(tmp_path / "named.npz")
+    assert ds.classes == ["bird", "cat", "dog"] and ds.labels.tolist() == [2, 1, 2, 0]
+    assert "sorted order (bird=0, cat=1, dog=2)" in ds.notes[0]
+    np.savez(tmp_path / "ordered.npz", x=x, y=np.array(["dog", "cat", "dog", "bird"]), classes=["dog", "cat", "bird"])
+    ds = load_dataset(tmp_path / "ordered.npz")
+    assert ds.classes == ["dog", "cat", "bird"] and ds.labels.tolist() == [0, 1, 0, 2]
+    np.savez(tmp_path / "stray.npz", x=x, y=np.array(["dog", "cow", "dog", "cat"]), classes=["dog", "cat"])
+    with pytest.raises(DatasetError, match="'cow' are not in the file's 'classes'"):
+        load_dataset(tmp_path / "stray.npz")
 
 
 def test_folder_numeric_class_names_are_indices(tmp_path):
