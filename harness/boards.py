@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import ROOT
-from harness.errors import HarnessError
+from harness.errors import HarnessError, did_you_mean
 
 CORES = ("cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 
@@ -196,5 +196,5 @@ def _pack_path(pack: str, catalogue: Path) -> str:
 def get_board(name: str, path: str | Path | None = None) -> Board:
     boards = load_boards(path)
     if name not in boards:
-        raise HarnessError(f"unknown board {name!r}; known boards: {', '.join(boards)}")
+        raise HarnessError(f"unknown board {name!r}{did_you_mean(name, boards)}; known boards: {', '.join(boards)}")
     return boards[name]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from typing import Any
 
@@ -127,9 +128,19 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from harness.zoo import export
 
-    path = export(args.name, args.output)
+    out = Path(args.output).expanduser()
+    if out.is_dir():
+        raise HarnessError(f"{out} is a folder: give a file name, e.g. {out / (args.name + '.tflite')}")
+    if not out.parent.is_dir():
+        raise HarnessError(f"cannot write {out}: the folder {out.parent} does not exist")
+    try:
+        path = export(args.name, out)
+    except OSError as e:
+        raise HarnessError(f"cannot write {out}: {e.strerror or e}") from e
     console.print(f"wrote {path}")
     return 0
 
@@ -338,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repetitions", "-n", type=int, default=5, help="timed inferences per input")
     b.add_argument("--inputs", "-m", type=int, default=2, help="random inputs to run and check")
     b.add_argument("--warmup", type=int, default=1, help="untimed inferences before timing")
-    b.add_argument("--opt", default="-O2", help="optimisation flag for the firmware build")
+    b.add_argument("--opt", default="-O2", type=opt_flag, help="optimisation flag for the firmware build")
     b.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     b.add_argument("--timeout", type=float, default=120.0, help="seconds one device request may take")
     b.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
@@ -383,16 +394,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OPT = re.compile(r"-?O([0-3sgz]|fast)?")
+
+
+def opt_flag(text: str) -> str:
+    """An optimisation level as gcc takes it: -Os, Os and O2 all name one (argparse reads a bare `-Os` after
+    --opt as an option, so main() joins the two first)."""
+    if not _OPT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an optimisation level: one of -O0..-O3, -Os, -Oz, -Og")
+    return text if text.startswith("-") else "-" + text
+
+
+def _join_opt(argv: list[str]) -> list[str]:
+    """`--opt -Os` as `--opt=-Os`: a value that starts with '-' would otherwise be taken for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--opt" and i + 1 < len(argv) and argv[i + 1].startswith("-O"):
+            out.append(f"--opt={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_opt(list(sys.argv[1:] if argv is None else argv)))
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader that left shows here, not at exit
+        return code
     except HarnessError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        if getattr(args, "json", False):  # a script reading stdout gets an answer it can parse
+            print(json.dumps({"error": str(e), "exit_code": 2}))
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    except BrokenPipeError:  # `harness ... | head`: the reader left; nothing more to say to it
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

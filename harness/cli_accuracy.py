@@ -8,6 +8,8 @@ from typing import Any
 
 
 def register(subparsers) -> None:
+    from harness.cli import opt_flag
+
     a = subparsers.add_parser(
         "accuracy",
         help="run a labelled data set through the device; HTML + Markdown report",
@@ -53,7 +55,7 @@ def register(subparsers) -> None:
     a.add_argument(
         "--channel-order", choices=["rgb", "bgr"], default="rgb", help="colour order the model takes (default: rgb)"
     )
-    a.add_argument("--opt", default="-O2", help="optimisation flag for the firmware build")
+    a.add_argument("--opt", default="-O2", type=opt_flag, help="optimisation flag for the firmware build")
     a.add_argument("--timeout", type=float, default=120.0, help="seconds one device request may take")
     a.add_argument(
         "--input-path",

@@ -9,6 +9,8 @@ from harness.engines import DEFAULT, ENGINES
 
 
 def register(subparsers) -> None:
+    from harness.cli import opt_flag
+
     c = subparsers.add_parser(
         "compare",
         help="one model on one board through several engines, side by side",
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
     c.add_argument("--target", choices=["auto", "qemu", "pyocd"], default="auto")
     c.add_argument("--inputs", "-m", type=int, default=1, help="random inputs (seeded) through every engine")
     c.add_argument("--repetitions", "-n", type=int, default=1, help="timed inferences per input")
-    c.add_argument("--opt", default="-O2", help="optimisation flag for every engine's build")
+    c.add_argument("--opt", default="-O2", type=opt_flag, help="optimisation flag for every engine's build")
     c.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     c.add_argument("--timeout", type=float, default=300.0, help="seconds one device request may take")
     c.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")

@@ -11,6 +11,8 @@ from typing import Any
 
 
 def register(subparsers) -> None:
+    from harness.cli import opt_flag
+
     n = subparsers.add_parser(
         "nightly",
         help="run a matrix of boards x models x options and judge it against a baseline",
@@ -39,16 +41,22 @@ def register(subparsers) -> None:
     acc.add_argument("--output", default=None, help="write the baseline here instead")
     acc.set_defaults(func=cmd_baseline_accept)
 
-    h = subparsers.add_parser("history", help="one metric of one board and model over time: table and plot")
-    h.add_argument("--board", required=True)
-    h.add_argument("--model", required=True)
+    h = subparsers.add_parser(
+        "history",
+        help="one metric of one board and model over time: table and plot",
+        description="Every recorded value of one metric for one model on one board, oldest first, with a plot. "
+        "Exit codes: 0 values shown, 1 none recorded for this board and metric, 2 an error (such as a model "
+        "with no runs at all).",
+    )
+    h.add_argument("--board", required=True, help="a board from boards.toml, e.g. nucleo-f746")
+    h.add_argument("--model", required=True, help="the model as it was run: a zoo name (aliases too) or a .tflite")
     h.add_argument(
         "--metric",
         required=True,
         help="instructions | cycles | count | peak_sram_bytes | flash_bytes | arena_bytes | peak_stack_bytes | "
         "latency_ms | accuracy",
     )
-    h.add_argument("--opt", default=None, help="only runs built with this flag, e.g. -O2")
+    h.add_argument("--opt", default=None, type=opt_flag, help="only runs built with this flag, e.g. -O2")
     h.add_argument("--nightly-only", action="store_true", help="only runs made by `harness nightly`")
     h.add_argument("--results", default=None)
     h.add_argument("--plot", default=None, help="PNG path (default results/history/<board>__<model>__<metric>.png)")
@@ -134,8 +142,16 @@ def cmd_baseline_accept(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from harness.cli import _table, console
-    from harness.report import history_plot, metric_history
+    from harness.errors import HarnessError, did_you_mean
+    from harness.report import _same_model, history_plot, metric_history, recorded_models
 
+    known = recorded_models(args.results)
+    if not any(_same_model(m, args.model) for m in known):
+        names = sorted(known)
+        raise HarnessError(
+            f"no runs of model {args.model!r} are recorded{did_you_mean(args.model, names)}; "
+            + (f"recorded models: {', '.join(names)}" if names else "the results store is empty")
+        )
     rows = metric_history(
         args.board, args.model, args.metric, args.results, opt=args.opt, nightly_only=args.nightly_only
     )
@@ -143,10 +159,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"board": args.board, "model": args.model, "metric": args.metric, "plot": plot and str(plot),
                           "points": rows}, indent=2, default=str))  # fmt: skip
-        return 0
+        return 0 if rows else 1
     if not rows:
         console.print(f"no recorded {args.metric} for {args.model} on {args.board}")
-        return 0
+        return 1
     table_rows = []
     prev = None
     for r in rows:

@@ -27,3 +27,11 @@ class TargetError(HarnessError):
 
 class ProtocolError(TargetError):
     """A frame was garbled, missing or unexpected."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean X?)' for the nearest of `known` to a typo, or ''."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""

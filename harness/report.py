@@ -323,7 +323,19 @@ def metric_history(
 
 
 def _same_model(recorded: str | None, wanted: str) -> bool:
-    return recorded is not None and (recorded == wanted or Path(recorded).name == Path(wanted).name)
+    """One model whichever name it was run under: a path or its file name, a zoo alias or its model."""
+    from harness.zoo import ALIASES
+
+    def canon(name: str) -> str:
+        base = Path(name).name
+        return ALIASES.get(base, base)
+
+    return recorded is not None and (recorded == wanted or canon(recorded) == canon(wanted))
+
+
+def recorded_models(results_dir: str | Path | None = None) -> set[str]:
+    """Every model name the bench and accuracy stores hold a record of."""
+    return {r["model"] for kind in ("bench", "accuracy") for r in results.read(kind, results_dir) if r.get("model")}
 
 
 def history_plot(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, did_you_mean
 from harness.model import Graph, load_model, save_model
 from harness.zoo import architectures as arch
 
@@ -103,7 +103,10 @@ def resolve_model(name_or_path: str) -> tuple[Graph, str]:
     path = Path(name_or_path)
     if path.suffix == ".tflite" or path.exists():
         return load_model(path), path.name
-    raise HarnessError(f"unknown model {name_or_path!r}: not a file, and not in the zoo ({', '.join(names())})")
+    raise HarnessError(
+        f"unknown model {name_or_path!r}{did_you_mean(str(name_or_path), names())}: not a file, and not in "
+        f"the zoo ({', '.join(names())})"
+    )
 
 
 def export(name: str, path: str | Path) -> Path:

@@ -1,0 +1,88 @@
+"""What a new user hits at the command line: option spellings, typos, paths that cannot be written, errors a
+script can parse, and a reader that leaves early. Through the real entry point (`main` or the installed
+`harness` script), as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import results
+from harness.cli import build_parser, main
+
+
+@pytest.mark.parametrize("spelling", [["--opt", "-Os"], ["--opt=-Os"], ["--opt", "Os"], ["--opt", "Os"]])
+def test_every_spelling_of_an_optimisation_level_is_one_level(spelling):
+    from harness.cli import _join_opt
+
+    for cmd in (
+        ["bench", "--board", "b", "--model", "m"],
+        ["history", "--board", "b", "--model", "m", "--metric", "x"],
+    ):
+        args = build_parser().parse_args(_join_opt([*cmd, *spelling]))
+        assert args.opt == "-Os"
+
+
+def test_a_wrong_optimisation_level_is_named(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--board", "nucleo-f746", "--model", "digits_cnn", "--opt", "-O9"])
+    assert e.value.code == 2 and "'-O9' is not an optimisation level" in capsys.readouterr().err
+
+
+def test_bench_with_opt_os_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_BUILD_DIR", str(tmp_path / "build"))
+    argv = ["bench", "--board", "nucleo-f746", "--model", "digits_cnn", "--target", "host", "-n", "1", "-m", "1",
+            "--opt", "-Os", "--results", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    (rec,) = results.read("bench", tmp_path)
+    assert rec["options"]["opt"] == "-Os"
+
+
+def test_typos_get_the_nearest_name(capsys):
+    assert main(["bench", "--board", "nucleo-f476", "--model", "digits_cnn"]) == 2
+    assert "unknown board 'nucleo-f476' (did you mean nucleo-f746?)" in " ".join(capsys.readouterr().err.split())
+    assert main(["inspect", "digts_cnn"]) == 2
+    assert "(did you mean digits_cnn?)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_export_to_a_missing_folder_or_onto_a_folder(tmp_path, capsys):
+    assert main(["export", "digits_cnn", "-o", str(tmp_path / "missing" / "m.tflite")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+    assert main(["export", "digits_cnn", "-o", str(tmp_path)]) == 2
+    assert "is a folder: give a file name" in " ".join(capsys.readouterr().err.split())
+    assert main(["export", "digits_cnn", "-o", str(tmp_path / "m.tflite")]) == 0 and (tmp_path / "m.tflite").is_file()
+
+
+def test_errors_under_json_are_a_json_object_on_stdout(tmp_path, capsys):
+    assert main(["bench", "--board", "nosuch", "--model", "digits_cnn", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"error": json.loads(out)["error"], "exit_code": 2}
+    assert "unknown board 'nosuch'" in json.loads(out)["error"] and "unknown board" in err
+
+
+def test_history_of_a_model_never_run_is_an_error_and_aliases_are_one_model(tmp_path, monkeypatch, capsys):
+    argv = ["history", "--board", "nucleo-f746", "--metric", "arena_bytes", "--results", str(tmp_path)]
+    assert main([*argv, "--model", "nosuch", "--json"]) == 2
+    assert "no runs of model 'nosuch'" in json.loads(capsys.readouterr().out)["error"]
+    for name in ("mcunet_vww", "mcunet_vww1"):  # an alias and the model it names, as users run them
+        results.append("bench", {"status": "ok", "board": "nucleo-f746", "model": name, "run_id": name,
+                                 "figures": {"arena_bytes": 23360}}, tmp_path)  # fmt: skip
+    for name in ("mcunet_vww", "mcunet_vww1"):
+        assert main([*argv, "--model", name, "--json", "--plot", str(tmp_path / "h.png")]) == 0
+        assert len(json.loads(capsys.readouterr().out)["points"]) == 2  # both halves of one history
+    assert main([*argv, "--model", "mcunet_vww", "--opt", "-O3"]) == 1  # runs of it, none with -O3
+    assert "no recorded arena_bytes" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    harness = Path(sys.executable).with_name("harness")
+    proc = subprocess.Popen([str(harness), "models", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head` does once it has its lines
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
