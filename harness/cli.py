@@ -28,10 +28,81 @@ def _print_json(data: Any) -> None:
 def _table(title: str, columns: list[str], rows: list[list[Any]], justify_from: int = 1) -> Table:
     table = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):
-        table.add_column(c, justify="right" if i >= justify_from else "left")
+        # figures are never wrapped (a number split over lines reads as two); prose wraps between words
+        figures = all(len(str(r[i])) <= 24 and str(r[i])[:1] in "0123456789-+." for r in rows if str(r[i]))
+        table.add_column(c, justify="right" if i >= justify_from and figures else "left", no_wrap=figures)
     for r in rows:
         table.add_row(*[str(x) for x in r])
     return table
+
+
+def show(table: Table, out: Console | None = None, drop: tuple[str, ...] = ()) -> None:
+    """Print `table` as a table where every column fits at its longest word (rich then wraps prose between
+    words, never inside a name or a number), else as one block per row: nothing is ever cut or ellipsised,
+    whatever the terminal's width. `drop`: secondary columns (by header) that may be left out, in this
+    order, to keep it a table; the line under it says which were."""
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    out = out or console
+    cols = table.columns
+    cells = [list(c.cells) for c in cols]
+    wide = out.options.update_width(10_000)  # a table's own measure is clamped to the terminal: measure cells
+
+    def span(c, col) -> tuple[int, int]:  # narrowest without cutting a word (a no_wrap cell whole), natural
+        sizes = [Measurement.get(out, wide, x) for x in [c.header, *col]]
+        least = max(m.maximum if c.no_wrap else m.minimum for m in sizes)  # no_wrap holds the header too
+        return least, max(least, max(m.maximum for m in sizes))
+
+    spans = [span(c, col) for c, col in zip(cols, cells, strict=True)]
+
+    def room(n: int) -> int:  # the terminal less n columns' padding and the borders between and around them
+        borders = (n - 1 + 2 * table.show_edge) if table.box else 0
+        return out.width - n * (table.padding[1] + table.padding[3]) - borders
+
+    keep = list(range(len(cols)))
+    dropped = []
+    for header in drop:
+        if sum(spans[i][0] for i in keep) <= room(len(keep)):
+            break
+        for i in keep:
+            if str(cols[i].header) == header:
+                keep.remove(i)
+                dropped.append(header)
+                break
+    if sum(spans[i][0] for i in keep) <= room(len(keep)):
+        for i in sorted(set(range(len(cols))) - set(keep), reverse=True):
+            del table.columns[i]
+        spans = [spans[i] for i in keep]
+        least, most, space = sum(s[0] for s in spans), sum(s[1] for s in spans), room(len(keep))
+        if most > space:
+            # rich's own squeeze can take a column below its longest word: share the room out here instead,
+            # each column its longest word plus a part of what is left in proportion to how much more it wants
+            for c, (lo, hi) in zip(table.columns, spans, strict=True):
+                c.width = lo + ((space - least) * (hi - lo)) // (most - least)
+        out.print(table)
+        if dropped:
+            out.print(f"({', '.join(dropped)} left out to fit {out.width} columns: a wider terminal or --json "
+                      "shows them)", style="dim")  # fmt: skip
+        return
+    if table.title:
+        out.print(table.title, style="italic")
+    label = max(len(str(c.header)) for c in cols[1:]) if len(cols) > 1 else 0
+    for i in range(len(cells[0]) if cells else 0):
+        out.print(Text.assemble("── ", _as_text(cells[0][i]), style="bold"))
+        for c, col in zip(cols[1:], cells[1:], strict=True):
+            text = _as_text(col[i])
+            if text.plain:
+                out.print(Text.assemble(f"   {str(c.header):<{label}}  ", text), overflow="fold")
+    if table.caption:
+        out.print(table.caption)
+
+
+def _as_text(cell: Any):
+    """A table cell as Text: a str cell is console markup, as the table itself reads it."""
+    from rich.text import Text
+
+    return cell if isinstance(cell, Text) else Text.from_markup(str(cell))
 
 
 def _kib(n: int | None) -> str:
@@ -72,7 +143,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for r in info["layers"]
     ]
     cols = ["#", "layer", "op", "inputs", "output", "MACs", "weights B", "act. B", "arena off."]
-    console.print(_table(f"{label}", cols, rows, justify_from=5))
+    show(_table(f"{label}", cols, rows, justify_from=5), drop=("inputs", "act. B"))
     t = info["totals"]
     console.print(
         f"MACs {t['macs']:,}   params {t['params']:,}   weight flash {_kib(t['weight_bytes'])}   "
@@ -94,15 +165,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from harness.boards import load_boards
     from harness.zoo import models_table
 
     rows = models_table()
     if args.json:
         _print_json(rows)
         return 0
+    real = [b.name for b in load_boards().values() if not b.is_qemu]
+
+    def fits(names: list[str]) -> str:  # the common case in a few words; a short list spelled out
+        return f"all {len(real)} boards" if sorted(names) == sorted(real) else ", ".join(names) or "none"
+
     table = _table(
         "model zoo",
-        ["name", "task", "input", "MACs", "params", "weight flash", "peak arena", "weights", "fits"],
+        ["name", "task", "input", "MACs", "params", "flash", "arena", "weights", "fits"],
         [
             [
                 r["name"],
@@ -112,17 +189,17 @@ def cmd_models(args: argparse.Namespace) -> int:
                 f"{r['params'] / 1e3:.1f} k",
                 _kib(r["weight_bytes"]),
                 _kib(r["arena_bytes"]),
-                r["weights"],
-                ", ".join(r["fits"]) or "none",
+                r["weights"].split(" (")[0],  # the note under the table says what synthetic means
+                fits(r["fits"]),
             ]
             for r in rows
         ],
         justify_from=3,
     )
-    console.print(table)
+    show(table)
     console.print(
-        "Synthetic weights give representative speed and memory, not accuracy: only models trained on "
-        "real data (see 'weights') have meaningful accuracy."
+        "flash: the weights as int8; arena: the planner's peak. Synthetic weights give representative speed "
+        "and memory, not accuracy: only models trained on real data (see 'weights') have meaningful accuracy."
     )
     return 0
 
@@ -209,7 +286,7 @@ def _print_schedule(info: dict[str, Any]) -> None:
         for g in info["fused_groups"]
     ]
     cols = ["fused layers", "n", "ring bytes", "ring rows", "output over input"]
-    console.print(_table("fused groups (run row by row; rings hold the rows a window still needs)", cols, rows, 2))
+    show(_table("fused groups (run row by row; rings hold the rows a window still needs)", cols, rows, 2))
     by_group: dict[str, list[dict[str, Any]]] = {}
     steps = []
     for s in info["schedule"]:  # one row per fused group, as it runs as one
@@ -227,12 +304,10 @@ def _print_schedule(info: dict[str, Any]) -> None:
             members = by_group["layers " + step]
             unf, fus = max(m["live_bytes_unfused"] for m in members), max(m["live_bytes"] for m in members)
         out.append([step, op, f"{unf:,}", f"{fus:,}"])
-    console.print(
-        _table("memory over the schedule: bytes live per step", ["layers", "op", "layer by layer", "fused"], out, 2)
-    )
+    show(_table("memory over the schedule: bytes live per step", ["layers", "op", "layer by layer", "fused"], out, 2))
     if info.get("considered"):
         rows = [[c["schedule"], f"{c['bytes']:,}"] for c in info["considered"]]
-        console.print(_table("schedules the planner compared (bytes: the busiest step's)", ["schedule", "bytes"], rows))
+        show(_table("schedules the planner compared (bytes: the busiest step's)", ["schedule", "bytes"], rows))
     console.print(
         f"peak arena {t['arena_bytes']:,} B fused, {t['arena_unfused_bytes']:,} B layer by layer "
         f"({t['arena_unfused_bytes'] / max(t['arena_bytes'], 1):.2f}x); `--no-fuse` shows the layer-by-layer plan"
@@ -260,7 +335,7 @@ def print_bench(r: dict[str, Any]) -> None:
         title=f"{r['model']} on {r['board']} ({r['target_desc']}{engine})", title_justify="left", show_header=False
     )
     table.add_column("figure")
-    table.add_column("value", justify="right")
+    table.add_column("value", justify="right", no_wrap=True)
     table.add_column("note")
     c = f["count"]
     table.add_row(f"{unit} (min / median / max)", f"{c['min']:,} / {c['median']:,} / {c['max']:,}", f["count_note"])
@@ -302,7 +377,7 @@ def print_bench(r: dict[str, Any]) -> None:
         f"{r['inputs']} inputs x {r['repetitions']} repetitions"
         + (f"; {len(r['output_deviations'])} input(s) differ, said above" if r.get("output_deviations") else ""),
     )
-    console.print(table)
+    show(table)
     if r.get("layers"):
         print_layers(r["layers"], unit)
     if r.get("result_file"):
@@ -324,7 +399,7 @@ def print_layers(layers: list[dict[str, Any]], unit: str) -> None:
         for x in layers
     ]
     cols = ["#", "layer", "op", "output", "MACs", unit, "%", f"MACs/{unit[:-1] if unit.endswith('s') else unit}"]
-    console.print(_table(f"per layer ({unit}, median over the inputs)", cols, rows, justify_from=3))
+    show(_table(f"per layer ({unit}, median over the inputs)", cols, rows, justify_from=3))
 
 
 # --- entry point ------------------------------------------------------------------------------------

@@ -127,7 +127,9 @@ def print_report(report: dict[str, Any], console) -> None:
     for a, b, c in headline(report):
         style = "bold red" if a.startswith("device = host") and report["figures"].get("disagreements") else None
         table.add_row(a, b, c, style=style)
-    console.print(table)
+    from harness.cli import show
+
+    show(table, console)
     files = report.get("files") or {}
     if "html" in files:
         console.print(f"report: {files['html']}  (summary: {files['markdown']})", highlight=False)

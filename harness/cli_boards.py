@@ -48,7 +48,9 @@ def cmd_probes(args: argparse.Namespace) -> int:
     for p in probes:
         board = p.board or f"unknown ({p.board_name or '-'})"
         t.add_row(p.unique_id, p.description, p.board_id or "-", board, p.serial_port or "-")
-    console.print(t)
+    from harness.cli import show
+
+    show(t, console)
     return 0
 
 
@@ -61,11 +63,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         _dump({"healthy": ok, "checks": [c.as_dict() for c in checks]})
         return 0 if ok else 1
     t = Table(title="harness doctor", title_justify="left")
-    for c in ("area", "item", "", "detail", "to fix"):
+    for c in ("area", "item", "status", "detail", "to fix"):
         t.add_column(c, overflow="fold")
     for c in checks:
         mark = "[green]ok[/]" if c.ok else ("[red]MISSING[/]" if c.required else "[yellow]missing[/]")
         t.add_row(c.area, c.name, mark, c.detail, "" if c.ok else c.fix)
-    console.print(t)
+    from harness.cli import show
+
+    show(t, console)
     console.print("all required tools present" if ok else "[red]required tools are missing[/]: see 'to fix'")
     return 0 if ok else 1

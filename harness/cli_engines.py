@@ -62,7 +62,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from harness import engines
-    from harness.cli import _print_json, console, err_console
+    from harness.cli import _print_json, console, err_console, show
     from harness.compare import CompareOptions, run_compare, to_csv
 
     opts = CompareOptions(
@@ -105,7 +105,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 _k(r["arena_bytes"]), f"{r['peak_stack_bytes']:,}", _k(r["peak_sram_bytes"]), _k(r["code_bytes"]),
                 _k(r["weight_bytes"]), "yes" if r["outputs_match"] else "DIFFER",
             )  # fmt: skip
-        console.print(t)
+        show(t)
         console.print(
             f"count: {unit}; x 1st: to the first engine; sizes in KiB, stack in B; SRAM = arena + stack + static "
             f"RAM; model = the .tflite (TFLM) or the emitted weights (native). Outputs checked against the "

@@ -106,12 +106,13 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 def _print_cells(cells: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    from harness.cli import console
+    from harness.cli import show
     from harness.report import STATUS_STYLE, check_text
 
     t = Table(title="nightly cells", title_justify="left")
     for c in ("cell", "verdict", "instructions/cycles", "peak SRAM", "flash", "accuracy", "notes"):
-        t.add_column(c)
+        # a figure and its change stay on one line; show() lays the rows out as blocks when they do not fit
+        t.add_column(c, no_wrap=c not in ("cell", "notes"))
     for c in cells:
         v = c["verdict"]
         checks = {x["metric"]: x for x in v["checks"]}
@@ -126,7 +127,7 @@ def _print_cells(cells: list[dict[str, Any]]) -> None:
             check_text("accuracy", m, checks),
             "; ".join(v["notes"]),
         )
-    console.print(t)
+    show(t)
 
 
 def cmd_baseline_accept(args: argparse.Namespace) -> int:
@@ -141,7 +142,7 @@ def cmd_baseline_accept(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from harness.cli import _table, console
+    from harness.cli import _table, console, show
     from harness.errors import HarnessError, did_you_mean
     from harness.report import _same_model, history_plot, metric_history, recorded_models
 
@@ -171,7 +172,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             [r["time"], r["run_id"], r.get("nightly_run") or "", r.get("opt") or "", f"{r['value']:,}", delta]
         )
         prev = r["value"]
-    console.print(
+    show(
         _table(
             f"{args.metric} of {args.model} on {args.board}",
             ["time", "run", "nightly run", "opt", args.metric, "change"],

@@ -86,3 +86,47 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+# --- output a person can read: nothing cut, at 80 and 120 columns -------------------------------------------
+
+
+def _cli(*argv: str, columns: int) -> str:
+    import os
+
+    harness = Path(sys.executable).with_name("harness")
+    env = {**os.environ, "COLUMNS": str(columns)}
+    proc = subprocess.run([str(harness), *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_models_and_inspect_never_cut_a_name_or_a_number(columns):
+    from harness.inspect import inspect_model
+    from harness.zoo import models_table, resolve_model
+
+    out = _cli("models", columns=columns)
+    assert "…" not in out and max(map(len, out.splitlines())) <= columns
+    for r in models_table():
+        assert r["name"] in out and f"{r['macs'] / 1e6:.2f} M" in out
+    out = _cli("inspect", "mcunet_vww", columns=columns)
+    assert "…" not in out and max(map(len, out.splitlines())) <= columns
+    for layer in inspect_model(resolve_model("mcunet_vww")[0])["layers"]:
+        assert layer["name"] in out and f"{layer['macs']:,}" in out
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("columns", [80, 120])
+def test_bench_and_doctor_keep_figures_whole(columns, tmp_path):
+    import re
+
+    from conftest import require_tools
+
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    out = _cli("bench", "--board", "nucleo-f746", "--model", "digits_cnn", "-n", "1", "-m", "1",
+               "--results", str(tmp_path), columns=columns)  # fmt: skip
+    assert "…" not in out and max(map(len, out.splitlines())) <= columns
+    assert re.search(r"\d[\d,]* / [\d,]+ / [\d,]+", out)  # min / median / max on one line
+    out = _cli("doctor", columns=columns)
+    assert "…" not in out and "arm-none-eabi-gcc" in out  # a tool's name is not split over two lines
