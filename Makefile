@@ -15,10 +15,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 bench: setup
 	$(VENV)/bin/harness bench --board $(BOARD) --model $(MODEL)
 
-test: setup test-tools
+test: setup test-tools $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-lint: setup
+lint: setup $(VENV)/.installed-test
 	$(VENV)/bin/ruff check harness tests
 	$(VENV)/bin/ruff format --check harness tests
 
@@ -48,6 +48,11 @@ test-tools:
 $(VENV)/.installed: pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e .
+	touch $@
+
+# pytest, ruff and the TFLite interpreter (the oracle) only for the tests: the bench needs none of them
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	touch $@
 

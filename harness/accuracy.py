@@ -215,7 +215,7 @@ def run_accuracy(
     except HarnessError as e:
         results.append(
             "accuracy",
-            {**record_base, "status": "failed", "reason": f"{type(e).__name__}: {e}"},
+            {**record_base, "status": "failed", "reason": str(e), "error": type(e).__name__},
             results_dir,
         )
         say(f"failed: resume with --resume {run_id} once the cause is fixed")

@@ -112,10 +112,13 @@ def choose_target(board, kind: str, say: Say):
         if kind == "pyocd":
             raise TargetError(f"no debug probe for {board.name} is attached (see `harness probes`)")
         machine = board.qemu_machine
-        say(
-            f"no probe for {board.name} is attached: running on its QEMU fallback {machine.name} "
-            f"({machine.machine}); counts are QEMU instructions, not cycles"
-        )
+        if board.is_qemu:  # a QEMU machine itself: there is no probe to look for
+            say(f"{board.name} is QEMU's {board.machine}: counts are QEMU instructions, not cycles")
+        else:
+            say(
+                f"no probe for {board.name} is attached: running on its QEMU fallback {machine.name} "
+                f"({machine.machine}); counts are QEMU instructions, not cycles"
+            )
     from harness.targets.qemu import QemuTarget
 
     machine = board.qemu_machine
@@ -295,7 +298,8 @@ def run_bench(
         _bench(opts, board, graph, record, say, step, oracle)
         record["status"] = "ok"
     except HarnessError as e:
-        record["reason"] = f"{type(e).__name__}: {e}"
+        record["reason"] = str(e)  # what the user reads; the kind of failure goes beside it
+        record["error"] = type(e).__name__
         if opts.record:
             results.append("bench", record, opts.results_dir)
         raise
@@ -304,8 +308,8 @@ def run_bench(
         if opts.record:
             results.append("bench", record, opts.results_dir)
         raise
-    if opts.record:
-        results.append("bench", record, opts.results_dir)
+    if opts.record:  # the record as stored (schema, time, git sha), so --json prints what the store holds
+        record = results.append("bench", record, opts.results_dir)
         record["result_file"] = str(results.results_dir(opts.results_dir) / "bench.jsonl")
     return record
 
@@ -473,8 +477,11 @@ def figures(board, hello, build, spec, counts: list[int], peak_stack: int, arena
     if source == "qemu-icount":
         unit = "instructions"
         note = f"QEMU instruction count (-icount shift=0, {per_tick:g} per SysTick tick): not cycles"
-        latency = statistics.median(values) / board.clock_hz * 1e3
-        latency_note = f"ESTIMATE: instructions at 1 per cycle at the board's {board.clock_hz / 1e6:g} MHz"
+        if board.is_qemu:  # an emulated machine's clock (an FPGA image's, say) times no chip anyone ships
+            latency, latency_note = None, "none: a QEMU machine has no real clock to estimate at"
+        else:
+            latency = statistics.median(values) / board.clock_hz * 1e3
+            latency_note = f"ESTIMATE: instructions at 1 per cycle at the board's {board.clock_hz / 1e6:g} MHz"
     else:
         unit = "cycles"
         note = f"{source} cycle counter at {hello.clock_hz / 1e6:g} MHz"

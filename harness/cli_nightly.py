@@ -87,7 +87,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
                 "seconds": run.seconds,
                 "files": run.files,
                 "cells": [
-                    {k: c.get(k) for k in ("cell", "status", "reason", "metrics", "verdict", "seconds")}
+                    {k: c.get(k) for k in ("cell", "status", "error", "reason", "metrics", "verdict", "seconds")}
                     for c in run.cells
                 ],
             }

@@ -91,7 +91,7 @@ def run_compare(
                 bench, say=say_once, step=lambda what, *_a, _n=name, **_k: step(f"{_n}: {what}"), oracle=oracle
             )
         except HarnessError as e:
-            row["reason"] = f"{type(e).__name__}: {e}"  # shown with the table, the others still run
+            row["reason"] = str(e)  # shown with the table, the others still run
             rows.append(row)
             continue
         f = r["figures"]

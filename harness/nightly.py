@@ -312,7 +312,8 @@ def run_cell(cell: Cell, run_id: str, matrix: str, results_dir: str | None, buil
         res["status"] = "ok"
     except Exception as e:  # a cell never takes the run down: record why and move on
         res["error"] = type(e).__name__
-        res["reason"] = f"{type(e).__name__}: {e}"
+        # the message is the reason a user reads; the class (for expect_failure) is kept in "error"
+        res["reason"] = str(e) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, HarnessError):
             res["reason"] += " (harness bug: " + traceback.format_exc(limit=-1).strip().splitlines()[-2].strip() + ")"
         if "bench_run_id" not in res:

@@ -58,7 +58,8 @@ def test_bench_on_an_m4_machine_and_the_cli_json(tmp_path, capsys):
     # the table
     assert main([*args, "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert "instructions" in out and "ESTIMATE" in out and "bit-exact" in out
+    assert "instructions" in out and "bit-exact" in out
+    assert "ESTIMATE" not in out  # a QEMU machine's clock is no chip's: no latency is estimated for it
     assert len(list(results.read("bench", tmp_path / "r"))) == 2
 
 
@@ -83,7 +84,7 @@ def test_a_wrong_output_fails_loudly_and_is_recorded(tmp_path, monkeypatch):
     with pytest.raises(OutputMismatch, match=r"output 0 differs from the reference: first at \(0, 3\)"):
         run_bench(_opts(tmp_path, shared_model("kws"), target="host"))
     (stored,) = list(results.read("bench", tmp_path / "results"))
-    assert stored["status"] == "failed" and "OutputMismatch" in stored["reason"]
+    assert stored["status"] == "failed" and stored["error"] == "OutputMismatch"
 
 
 def test_unknown_board_and_model_are_clear_errors(tmp_path, capsys):

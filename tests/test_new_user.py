@@ -130,3 +130,21 @@ def test_bench_and_doctor_keep_figures_whole(columns, tmp_path):
     assert re.search(r"\d[\d,]* / [\d,]+ / [\d,]+", out)  # min / median / max on one line
     out = _cli("doctor", columns=columns)
     assert "…" not in out and "arm-none-eabi-gcc" in out  # a tool's name is not split over two lines
+
+
+@pytest.mark.qemu
+def test_a_qemu_machine_has_no_probe_and_no_latency_and_json_prints_the_stored_record(tmp_path, capsys):
+    from conftest import require_tools
+
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    argv = ["bench", "--board", "qemu-m55", "--model", "digits_cnn", "-n", "1", "-m", "1", "--results", str(tmp_path)]
+    assert main([*argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert "probe" not in err and "qemu-m55 is QEMU's mps3-an547" in " ".join(err.split())
+    assert printed["figures"]["latency_ms"] is None and "no real clock" in printed["figures"]["latency_note"]
+    (stored,) = results.read("bench", tmp_path)
+    assert {k: printed[k] for k in stored} == stored  # the record as stored: schema, time, git sha and all
+    assert {"schema", "time", "git_sha"} <= set(printed)
+    assert main(argv) == 0
+    assert "latency" not in capsys.readouterr().out  # no row for a figure that does not exist

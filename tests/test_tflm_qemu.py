@@ -176,7 +176,8 @@ def test_a_model_too_big_for_the_machine_does_not_fit(tflm_sources, builds, tmp_
         run_bench(BenchOptions("netduinoplus2", "mcunet_vww", engine="tflm-cmsis", results_dir=str(tmp_path),
                                build_dir=str(builds)))  # fmt: skip
     (stored,) = list(results.read("bench", tmp_path))
-    assert stored["status"] == "failed" and "DoesNotFitError" in stored["reason"]
+    assert stored["status"] == "failed" and stored["error"] == "DoesNotFitError"
+    assert stored["reason"].startswith("TFLM cannot allocate")
 
 
 def test_tflm_per_layer_counts_tile_the_invoke(tflm_sources, builds, tmp_path):
