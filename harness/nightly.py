@@ -814,7 +814,28 @@ def run_nightly(
     if kept:
         say(f"resuming run {run_id}: {len(kept)} of {len(matrix.cells)} cells already recorded, kept")
     todo = [c for c in matrix.cells if c.key not in kept]
-    ran = {c["cell"]: c for c in run_cells(todo, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say)}
+    try:
+        ran = {
+            c["cell"]: c for c in run_cells(todo, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say)
+        }
+    except KeyboardInterrupt:
+        # Ctrl-C: a report of the cells that finished, so the time spent is not lost. The run is not
+        # recorded as finished (history ignores it; --resume completes it and writes the full report).
+        done = {r["cell"]: r for r in run_cells_of(run_id, rdir)}
+        judged = judge([done[c.key] for c in matrix.cells if c.key in done], base, matrix)
+        partial = {"run_id": run_id, "matrix": matrix.name, "matrix_file": str(matrix_path), "started": started,
+                   "seconds": round(time.monotonic() - t0, 2), "jobs": jobs, "exit_code": 130, "interrupted": True,
+                   "baseline": base["source"] if base else None, "report_dir": str(out_dir)}  # fmt: skip
+        if judged:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "run.json").write_text(json.dumps({**partial, "cells": judged}, indent=1, default=str) + "\n")
+        if reports and judged:
+            from harness.report import write_nightly_reports
+
+            write_nightly_reports({**partial, "cells": judged}, rdir, out_dir)
+        say(f"interrupted: a report of the {len(judged)} of {len(matrix.cells)} cells that finished is in "
+            f"{out_dir}; finish the run with --resume {run_id}")  # fmt: skip
+        raise
     cells = [kept.get(c.key) or ran[c.key] for c in matrix.cells]
     for r in ratio_cells(cells, run_id, matrix.name):
         results.append(CELLS_KIND, r, rdir)

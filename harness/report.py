@@ -90,7 +90,7 @@ def counts(cells: list[dict[str, Any]]) -> dict[str, int]:
 
 def verdict_line(matrix: str, run_id: str, cells: list[dict[str, Any]], exit_code: int) -> str:
     n = counts(cells)
-    word = {0: "CLEAN", 1: "REGRESSION", 2: "BROKEN"}[exit_code]
+    word = {0: "CLEAN", 1: "REGRESSION", 2: "BROKEN", 130: "INTERRUPTED (cells that finished)"}[exit_code]
     parts = [f"{n[s]} {s}" for s in ("regression", "failed", "improved", "ok", "new", "xfail") if n.get(s)]
     return f"nightly {matrix} {run_id}: {word} (exit {exit_code}): {', '.join(parts)}"
 

@@ -364,3 +364,26 @@ def test_the_tflm_ratio_pairs_the_fused_native_build():
     ):
         (r,) = ratio_cells([*order, cell("tflm-cmsis", 1000)], "run", "mx")
         assert r["metrics"][RATIO] == 0.9
+
+
+def test_ctrl_c_writes_a_report_of_the_cells_that_finished_and_exits_130(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    matrix = tmp_path / "m.toml"
+    matrix.write_text('name = "t"\n[matrix]\nboards = ["qemu-m4"]\nmodels = ["a.tflite", "b.tflite", "c.tflite"]\n')
+
+    def interrupted(cells, run_id, name, jobs, results_dir, *_a):  # the first cell finishes, then Ctrl-C
+        res = {**nightly._cell_head(cells[0], run_id, name), "status": "ok", "metrics": qemu(instructions=7)["metrics"]}
+        results.append(nightly.CELLS_KIND, res, results_dir)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nightly, "run_cells", interrupted)
+    rdir = tmp_path / "r"
+    assert main(["nightly", "--matrix", str(matrix), "--results", str(rdir)]) == 130
+    err = " ".join(capsys.readouterr().out.split())
+    (run_dir,) = (rdir / "nightly").iterdir()
+    assert "a report of the 1 of 3 cells that finished" in err and f"--resume {run_dir.name}" in err
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["interrupted"] and run["exit_code"] == 130 and [c["cell"] for c in run["cells"]] == ["qemu-m4:a.tflite"]
+    assert "INTERRUPTED" in (run_dir / "summary.md").read_text().splitlines()[0]
+    assert run_dir.name not in nightly.finished_runs(str(rdir))  # not a finished run: --resume completes it
