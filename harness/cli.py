@@ -408,7 +408,13 @@ def print_layers(layers: list[dict[str, Any]], unit: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from harness import __version__
 
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="harness",
+        description="Benchmark int8 TinyML models on Cortex-M boards: speed (cycles on a board, instructions on "
+        "its QEMU fallback), SRAM and flash, and whether the device gives the right answers. Start with "
+        "`harness bench --board nucleo-f746 --model mcunet_vww`; `harness doctor` checks the tools.",
+        epilog="Exit codes: 0 ok, 1 a failed check (a regression, a wrong output), 2 an error, 130 interrupted.",
+    )
     p.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -441,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("inspect", help="per-layer table: shapes, MACs, weights, arena plan")
-    i.add_argument("model")
+    i.add_argument("model", help="a zoo name (see `harness models`) or a path to a .tflite")
     add_fuse_option(i)
     i.add_argument("--plot", default=None, metavar="FILE.png", help="draw the memory over the schedule")
     i.add_argument("--json", action="store_true")
@@ -452,8 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     e = sub.add_parser("export", help="write a zoo model as a .tflite file")
-    e.add_argument("name")
-    e.add_argument("-o", "--output", required=True)
+    e.add_argument("name", help="a zoo model (see `harness models`)")
+    e.add_argument("-o", "--output", required=True, help="the .tflite file to write")
     e.set_defaults(func=cmd_export)
 
     # Feature areas register their own subcommands (each module: `register(subparsers)`), so the areas
@@ -466,7 +472,31 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _finish_help(sub)
     return p
+
+
+_HELP = {"--json": "print machine-readable JSON instead of tables", "--results": "results folder (default ./results "
+         "or $HARNESS_RESULTS)"}  # fmt: skip
+
+
+def _finish_help(sub) -> None:
+    """Every subcommand a description and every option a help that names its default: one pass here, so no
+    command is left out as they grow."""
+    for parser in {id(p): p for p in sub.choices.values()}.values():
+        if not parser.description:
+            choice = next((c for c in sub._choices_actions if sub.choices.get(c.dest) is parser), None)
+            parser.description = choice.help[:1].upper() + choice.help[1:] + "." if choice and choice.help else None
+        for a in parser._actions:
+            if a.dest == "help" or a.help == argparse.SUPPRESS:
+                continue
+            if a.help is None:
+                a.help = next((_HELP[o] for o in a.option_strings if o in _HELP), None)
+            # `is`, not `in`: a default of 0 equals False and must still be shown
+            shown = not any(a.default is v for v in (None, False, argparse.SUPPRESS)) and a.default != ""
+            shown = shown and not a.required
+            if a.help and shown and "default" not in a.help and "%(default)" not in a.help:
+                a.help += " (default: %(default)s)"
 
 
 _OPT = re.compile(r"-?O([0-3sgz]|fast)?")

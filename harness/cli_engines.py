@@ -25,7 +25,10 @@ def register(subparsers) -> None:
         default=",".join(ENGINES),
         help=f"comma-separated, the first is the baseline ({', '.join(ENGINES)})",
     )
-    c.add_argument("--target", choices=["auto", "qemu", "pyocd"], default="auto")
+    c.add_argument(
+        "--target", choices=["auto", "qemu", "pyocd"], default="auto",
+        help="auto: the board when a probe for it is attached, else its QEMU fallback",
+    )  # fmt: skip
     c.add_argument("--inputs", "-m", type=int, default=1, help="random inputs (seeded) through every engine")
     c.add_argument("--repetitions", "-n", type=int, default=1, help="timed inferences per input")
     c.add_argument("--opt", default="-O2", type=opt_flag, help="optimisation flag for every engine's build")
@@ -38,7 +41,7 @@ def register(subparsers) -> None:
     c.set_defaults(func=cmd_compare)
 
     e = subparsers.add_parser("engines", help="the engines, and fetching TFLite Micro's sources")
-    esub = e.add_subparsers(dest="engines_command", required=True)
+    esub = e.add_subparsers(dest="engines_command", required=True, metavar="{list,fetch}")
     ls = esub.add_parser("list", help="each engine and whether it can build here")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_engines_list)

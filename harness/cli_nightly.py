@@ -34,12 +34,21 @@ def register(subparsers) -> None:
     n.set_defaults(func=cmd_nightly)
 
     b = subparsers.add_parser("baseline", help="manage nightly baselines")
-    bsub = b.add_subparsers(dest="baseline_command", required=True)
+    bsub = b.add_subparsers(dest="baseline_command", required=True, metavar="{accept,list,show}")
     acc = bsub.add_parser("accept", help="promote a nightly run to results/baselines/<matrix>.json")
-    acc.add_argument("run_id")
-    acc.add_argument("--results", default=None)
+    acc.add_argument("run_id", help="the nightly run to promote (see `harness baseline list` or the report)")
+    acc.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
     acc.add_argument("--output", default=None, help="write the baseline here instead")
     acc.set_defaults(func=cmd_baseline_accept)
+    ls = bsub.add_parser("list", help="each matrix's baseline: its run, when it was accepted, its cells")
+    ls.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
+    ls.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    ls.set_defaults(func=cmd_baseline_list)
+    sh = bsub.add_parser("show", help="one matrix's baseline, cell by cell")
+    sh.add_argument("matrix", help="the matrix's name (the `name` in its .toml, e.g. default)")
+    sh.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
+    sh.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    sh.set_defaults(func=cmd_baseline_show)
 
     h = subparsers.add_parser(
         "history",
@@ -138,6 +147,65 @@ def cmd_baseline_accept(args: argparse.Namespace) -> int:
     console.print(f"baseline for matrix {data['matrix']}: run {data['run_id']}, {len(data['cells'])} cells -> {path}")
     if data["skipped_failed_cells"]:
         console.print(f"not in the baseline (failed in that run): {', '.join(data['skipped_failed_cells'])}")
+    return 0
+
+
+def _baselines(results_dir) -> dict[str, dict[str, Any]]:
+    from harness.errors import HarnessError
+    from harness.nightly import baselines_dir
+
+    out = {}
+    for f in sorted(baselines_dir(results_dir).glob("*.json")):
+        try:
+            out[f.stem] = {**json.loads(f.read_text()), "file": str(f)}
+        except (OSError, json.JSONDecodeError) as e:
+            raise HarnessError(f"{f}: not a readable baseline ({e})") from e
+    return out
+
+
+def cmd_baseline_list(args: argparse.Namespace) -> int:
+    from harness.cli import _print_json, _table, console, show
+
+    found = _baselines(args.results)
+    rows = [{"matrix": m, "run_id": b.get("run_id"), "accepted": b.get("accepted"), "git_sha": b.get("git_sha"),
+             "cells": len(b.get("cells", {})), "file": b["file"]} for m, b in found.items()]  # fmt: skip
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        console.print("no baselines yet: `harness baseline accept RUN_ID` makes one from a nightly run")
+        return 0
+    cols = ["matrix", "run", "accepted", "git sha", "cells"]
+    show(_table("nightly baselines", cols, [[r["matrix"], r["run_id"], r["accepted"], (r["git_sha"] or "-")[:10],
+                                             r["cells"]] for r in rows], justify_from=4))  # fmt: skip
+    return 0
+
+
+def cmd_baseline_show(args: argparse.Namespace) -> int:
+    from harness.cli import _print_json, _table, console, show
+    from harness.errors import HarnessError, did_you_mean
+    from harness.report import fmt_value
+
+    found = _baselines(args.results)
+    if args.matrix not in found:
+        raise HarnessError(
+            f"no baseline for matrix {args.matrix!r}{did_you_mean(args.matrix, found)}; "
+            + (f"baselines: {', '.join(found)}" if found else "there are none yet (`harness baseline accept RUN_ID`)")
+        )
+    b = found[args.matrix]
+    if args.json:
+        _print_json(b)
+        return 0
+    metrics = ["instructions", "cycles", "peak_sram_bytes", "flash_bytes", "accuracy"]
+    cells = b.get("cells", {})
+    used = [m for m in metrics if any(m in (c.get("metrics") or {}) for c in cells.values())]
+    rows = [[key, *[fmt_value(m, c["metrics"][m]) if m in (c.get("metrics") or {}) else "-" for m in used]]
+            for key, c in sorted(cells.items())]  # fmt: skip
+    show(_table(f"baseline of {args.matrix}: run {b.get('run_id')}, accepted {b.get('accepted')}", ["cell", *used],
+                rows))  # fmt: skip
+    if b.get("skipped_failed_cells"):
+        console.print(f"not in it (failed in that run): {', '.join(b['skipped_failed_cells'])}")
+    console.print(f"file: {b['file']}")
     return 0
 
 

@@ -148,3 +148,39 @@ def test_a_qemu_machine_has_no_probe_and_no_latency_and_json_prints_the_stored_r
     assert {"schema", "time", "git_sha"} <= set(printed)
     assert main(argv) == 0
     assert "latency" not in capsys.readouterr().out  # no row for a figure that does not exist
+
+
+def test_baseline_list_and_show(tmp_path, capsys):
+    from harness import nightly
+
+    rdir = tmp_path / "r"
+    assert main(["baseline", "list", "--results", str(rdir)]) == 0
+    assert "no baselines yet" in capsys.readouterr().out
+    cell = {"nightly_run": "R1", "matrix": "lab", "cell": "qemu-m4:digits_cnn", "status": "ok",
+            "metrics": {"instructions": 123_456, "peak_sram_bytes": 4_096}}  # fmt: skip
+    results.append(nightly.CELLS_KIND, cell, rdir)
+    assert main(["baseline", "accept", "R1", "--results", str(rdir)]) == 0
+    capsys.readouterr()
+    assert main(["baseline", "list", "--results", str(rdir), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["matrix"] == "lab" and row["run_id"] == "R1" and row["cells"] == 1
+    assert main(["baseline", "show", "lab", "--results", str(rdir)]) == 0
+    out = capsys.readouterr().out
+    assert "qemu-m4:digits_cnn" in out and "123,456" in out and "4,096" in out
+    assert main(["baseline", "show", "lb", "--results", str(rdir)]) == 2
+    assert "(did you mean lab?)" in capsys.readouterr().err
+
+
+def test_every_option_has_help_and_shows_its_default():
+    import argparse
+
+    parser = build_parser()
+    assert parser.description.startswith("Benchmark int8 TinyML models") and "130" in parser.epilog
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, p in sub.choices.items():
+        assert p.description, name
+        for a in p._actions:
+            if a.dest != "help" and not isinstance(a, argparse._SubParsersAction):
+                assert a.help, (name, a.option_strings or a.dest)
+    bench = " ".join(sub.choices["bench"].format_help().split())
+    assert "(default: 5)" in bench and "(default: -O2)" in bench
