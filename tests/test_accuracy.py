@@ -409,7 +409,7 @@ def test_qemu_dying_mid_run_is_recorded_and_resumed(tmp_path, qemu_engine):
     with pytest.raises(TargetError, match="connection to the device broke at sample 8.*QEMU exited"):
         _run(tmp_path, Tap(qemu_engine, kill_at=8), limit=20, timeout=5.0)
     (store,) = list(results.read("accuracy", tmp_path / "results"))
-    assert store["status"] == "failed" and store["reason"].startswith("LinkBroken") and "broke" in store["reason"]
+    assert store["status"] == "failed" and store["error"] == "LinkBroken" and "broke" in store["reason"]
     (run_dir,) = (tmp_path / "results" / "reports").iterdir()
     assert sorted(load_samples(run_dir / "samples.jsonl")) == list(range(8))
     tap = Tap(qemu_engine)
