@@ -12,6 +12,14 @@ console = Console()
 
 
 def register(subparsers) -> None:
+    b = subparsers.add_parser(
+        "boards",
+        help="the boards of boards.toml: core, clock, SRAM and flash, QEMU fallback, attached probe",
+        description="Every board bench, accuracy and the nightly take: real boards (run through a probe when one "
+        "is attached, else on the QEMU machine of the same core) and the QEMU machines themselves.",
+    )
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_boards)
     p = subparsers.add_parser(
         "probes",
         help="attached debug probes, the board each sits on and its serial port",
@@ -30,6 +38,40 @@ def register(subparsers) -> None:
 
 def _dump(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from harness.boards import load_boards
+    from harness.cli import _table, show
+    from harness.errors import TargetError
+    from harness.probes import list_probes
+
+    try:
+        attached = {p.board: p.unique_id for p in list_probes() if p.board}
+    except TargetError:  # no USB access here: say nothing is attached rather than fail the listing
+        attached = {}
+    rows = []
+    for board in load_boards().values():
+        rows.append({
+            "name": board.name, "core": board.core, "clock_mhz": board.clock_hz / 1e6,
+            "sram_bytes": board.ram_bytes, "flash_bytes": board.flash_bytes,
+            "kind": f"QEMU {board.machine}" if board.is_qemu else board.chip,
+            "qemu_fallback": None if board.is_qemu else board.qemu_name,
+            "probe": attached.get(board.name) or (board.probe or None),
+        })  # fmt: skip
+    if args.json:
+        _dump(rows)
+        return 0
+    table_rows = [
+        [r["name"], r["kind"], r["core"], "-" if r["kind"].startswith("QEMU") else f"{r['clock_mhz']:g} MHz",
+         f"{r['sram_bytes'] // 1024:,} KiB", f"{r['flash_bytes'] // 1024:,} KiB",
+         "(is QEMU)" if r["qemu_fallback"] is None else r["qemu_fallback"],
+         "-" if r["kind"].startswith("QEMU") else (r["probe"] or "none")]
+        for r in rows
+    ]  # fmt: skip
+    cols = ["board", "chip / machine", "core", "clock", "SRAM", "flash", "QEMU fallback", "probe"]
+    show(_table("boards (boards.toml)", cols, table_rows, justify_from=3), console, drop=("chip / machine", "core"))
+    return 0
 
 
 def cmd_probes(args: argparse.Namespace) -> int:

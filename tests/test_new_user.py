@@ -184,3 +184,15 @@ def test_every_option_has_help_and_shows_its_default():
                 assert a.help, (name, a.option_strings or a.dest)
     bench = " ".join(sub.choices["bench"].format_help().split())
     assert "(default: 5)" in bench and "(default: -O2)" in bench
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_boards_lists_each_board_whole(columns):
+    from harness.boards import load_boards
+
+    out = _cli("boards", columns=columns)
+    assert "…" not in out and max(map(len, out.splitlines())) <= columns
+    for b in load_boards().values():
+        assert b.name in out and f"{b.ram_bytes // 1024:,} KiB" in out
+    f746 = [r for r in json.loads(_cli("boards", "--json", columns=columns)) if r["name"] == "nucleo-f746"][0]
+    assert f746["qemu_fallback"] == "qemu-m7" and f746["clock_mhz"] == 216 and f746["sram_bytes"] == 320 * 1024
