@@ -398,8 +398,13 @@ def print_layers(layers: list[dict[str, Any]], unit: str) -> None:
         ]
         for x in layers
     ]
+    macs, count = sum(x["macs"] for x in layers), sum(x["count"] for x in layers)
+    share = sum(x["share"] for x in layers)
+    # the layers' sum, which the whole inference's count exceeds by what runs between them
+    rows.append(["total", "", "", "", f"{macs:,}", f"{count:,}", f"{100 * share:.1f}",
+                 f"{macs / count:.3f}" if count else "-"])  # fmt: skip
     cols = ["#", "layer", "op", "output", "MACs", unit, "%", f"MACs/{unit[:-1] if unit.endswith('s') else unit}"]
-    show(_table(f"per layer ({unit}, median over the inputs)", cols, rows, justify_from=3))
+    show(_table(f"per layer ({unit}, median over the inputs)", cols, rows, justify_from=3), drop=("output", "op"))
 
 
 # --- entry point ------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ def test_per_layer_counts_add_up_to_the_inference(tmp_path, capsys, monkeypatch)
     assert main([*args, "--no-fuse", "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert "per layer" in out and layers[0]["name"] in out and "fused row" not in out
+    assert f"{sum(x['macs'] for x in layers):,}" in out and "total" in out  # the layers' sum, a row of its own
     assert main([*args, "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert "fused row" in out and f"{len(f['figures']['fused_groups'])} groups" in out
