@@ -212,7 +212,7 @@ def cmd_baseline_show(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from harness.cli import _table, console, show
     from harness.errors import HarnessError, did_you_mean
-    from harness.report import _same_model, history_plot, metric_history, recorded_models
+    from harness.report import _same_model, fmt_value, history_plot, metric_history, recorded_models
 
     known = recorded_models(args.results)
     if not any(_same_model(m, args.model) for m in known):
@@ -237,7 +237,14 @@ def cmd_history(args: argparse.Namespace) -> int:
     for r in rows:
         delta = "" if prev is None or not prev else f"{100.0 * (r['value'] - prev) / prev:+.3f} %"
         table_rows.append(
-            [r["time"], r["run_id"], r.get("nightly_run") or "", r.get("opt") or "", f"{r['value']:,}", delta]
+            [
+                r["time"],
+                r["run_id"],
+                r.get("nightly_run") or "",
+                r.get("opt") or "",
+                fmt_value(args.metric, r["value"]),
+                delta,
+            ]
         )
         prev = r["value"]
     show(

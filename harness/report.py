@@ -55,6 +55,8 @@ def fmt_value(metric: str, v: float | None) -> str:
         return f"{v:.2f} %"
     if metric == RATIO:
         return f"{v:.3f} x"
+    if metric == "latency_ms":
+        return f"{v:,.3f} ms"
     return f"{int(v):,}"
 
 

@@ -77,6 +77,11 @@ def test_history_of_a_model_never_run_is_an_error_and_aliases_are_one_model(tmp_
         assert len(json.loads(capsys.readouterr().out)["points"]) == 2  # both halves of one history
     assert main([*argv, "--model", "mcunet_vww", "--opt", "-O3"]) == 1  # runs of it, none with -O3
     assert "no recorded arena_bytes" in capsys.readouterr().out
+    results.append("bench", {"status": "ok", "board": "nucleo-f746", "model": "mcunet_vww", "run_id": "L",
+                             "figures": {"latency_ms": 99.37222222222222}}, tmp_path)  # fmt: skip
+    lat = ["history", "--board", "nucleo-f746", "--metric", "latency_ms", "--model", "mcunet_vww"]
+    assert main([*lat, "--results", str(tmp_path), "--plot", str(tmp_path / "l.png")]) == 0
+    assert "99.372 ms" in capsys.readouterr().out  # not 99.37222222222222
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback():
