@@ -140,7 +140,9 @@ def run_accuracy(
     for note in fitted.notes:
         say(f"note: {note}")
     if engine is None:
-        engine = prepare(board, graph, target, opt, build_dir, say, engine=engine_name)
+        # the stages before the first sample (generating, building) said as they start: seconds otherwise silent
+        stage = (lambda what, *_a, **_k: say(f"{what}...")) if progress else (lambda *_a, **_k: None)
+        engine = prepare(board, graph, target, opt, build_dir, say, stage, engine=engine_name)
     elif engine.digest != model_digest(graph) or engine.board.name != board.name:
         raise HarnessError(
             f"the engine given was prepared for another model or board ({engine.board.name}, model sha256 "

@@ -358,9 +358,10 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
     layer_ends: list[list[int]] = []
     peak_stack = arena_hw = 0
     total = len(input_sets)
+    step(f"starting {engine.target_desc}")
     with engine.open(opts.timeout) as runner:
         for k, (xs, want) in enumerate(zip(input_sets, expected, strict=True)):
-            step(f"input {k + 1}/{total}", k, total)
+            step(f"input {k + 1}/{total}: {opts.warmup} warm-up + {opts.repetitions} timed", k, total)
             got, stats = runner.run(xs, opts.repetitions, opts.warmup)
             diff = _difference(got, want, "the reference" if oracle is None else "the TFLite interpreter")
             if diff and opts.engine == "native":  # the generated code is bit-exact by contract

@@ -254,15 +254,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[count]}"),  # "k/N" once there is an N; nothing while a stage has none
         TimeElapsedColumn(),
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("bench", total=None)
+        task = progress.add_task("bench", total=None, count="")
 
         def step(description: str, done: int | None = None, total: int | None = None) -> None:
-            progress.update(task, description=description, completed=done or 0, total=total)
+            count = f"{done or 0}/{total}" if total else ""
+            progress.update(task, description=description, completed=done or 0, total=total, count=count)
 
         result = run_bench(opts, say=lambda msg: progress.console.print(msg), step=step)
     print_bench(result)

@@ -201,3 +201,15 @@ def test_boards_lists_each_board_whole(columns):
         assert b.name in out and f"{b.ram_bytes // 1024:,} KiB" in out
     f746 = [r for r in json.loads(_cli("boards", "--json", columns=columns)) if r["name"] == "nucleo-f746"][0]
     assert f746["qemu_fallback"] == "qemu-m7" and f746["clock_mhz"] == 216 and f746["sram_bytes"] == 320 * 1024
+
+
+def test_bench_progress_names_each_stage(tmp_path, monkeypatch):
+    from harness.bench import BenchOptions, run_bench
+
+    monkeypatch.setenv("HARNESS_BUILD_DIR", str(tmp_path / "build"))
+    stages = []
+    opts = BenchOptions("nucleo-f746", "digits_cnn", target="host", inputs=2, repetitions=1, results_dir=str(tmp_path))
+    run_bench(opts, step=lambda what, done=None, total=None: stages.append((what, done, total)))
+    names = [s[0] for s in stages]
+    assert "generating C" in names and any(n.startswith("starting host") for n in names)
+    assert ("input 2/2: 1 warm-up + 1 timed", 1, 2) in stages and stages[-1] == ("done", 2, 2)
