@@ -833,8 +833,8 @@ def run_nightly(
             from harness.report import write_nightly_reports
 
             write_nightly_reports({**partial, "cells": judged}, rdir, out_dir)
-        say(f"interrupted: a report of the {len(judged)} of {len(matrix.cells)} cells that finished is in "
-            f"{out_dir}; finish the run with --resume {run_id}")  # fmt: skip
+        where = f"a report of the {len(judged)} of {len(matrix.cells)} cells that finished is in {out_dir}"
+        say(f"interrupted: {where if judged else 'no cell had finished'}; finish the run with --resume {run_id}")
         raise
     cells = [kept.get(c.key) or ran[c.key] for c in matrix.cells]
     for r in ratio_cells(cells, run_id, matrix.name):
