@@ -487,13 +487,16 @@ _HELP = {"--json": "print machine-readable JSON instead of tables", "--results":
 
 
 def _finish_help(sub) -> None:
-    """Every subcommand a description and every option a help that names its default: one pass here, so no
-    command is left out as they grow."""
+    """Every subcommand (nested ones too) a description and every option a help that names its default: one
+    pass here, so no command is left out as they grow."""
     for parser in {id(p): p for p in sub.choices.values()}.values():
         if not parser.description:
             choice = next((c for c in sub._choices_actions if sub.choices.get(c.dest) is parser), None)
             parser.description = choice.help[:1].upper() + choice.help[1:] + "." if choice and choice.help else None
         for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):  # baseline accept/list/show, engines list/fetch
+                _finish_help(a)
+                continue
             if a.dest == "help" or a.help == argparse.SUPPRESS:
                 continue
             if a.help is None:

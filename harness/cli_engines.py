@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_engines_list)
     f = esub.add_parser("fetch", help="clone TFLite Micro, CMSIS-NN and their dependencies at the pinned commits")
-    f.add_argument("what", choices=["tflm"])
+    f.add_argument("what", choices=["tflm"], help="what to fetch: tflm (TFLite Micro, CMSIS-NN and their dependencies)")
     f.set_defaults(func=cmd_engines_fetch)
 
 

@@ -182,11 +182,17 @@ def test_every_option_has_help_and_shows_its_default():
     parser = build_parser()
     assert parser.description.startswith("Benchmark int8 TinyML models") and "130" in parser.epilog
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    for name, p in sub.choices.items():
-        assert p.description, name
-        for a in p._actions:
-            if a.dest != "help" and not isinstance(a, argparse._SubParsersAction):
-                assert a.help, (name, a.option_strings or a.dest)
+
+    def walk(sub, path):
+        for name, p in sub.choices.items():
+            assert p.description, (*path, name)
+            for a in p._actions:
+                if isinstance(a, argparse._SubParsersAction):
+                    walk(a, (*path, name))  # baseline accept/list/show, engines list/fetch
+                elif a.dest != "help":
+                    assert a.help, (*path, name, a.option_strings or a.dest)
+
+    walk(sub, ())
     bench = " ".join(sub.choices["bench"].format_help().split())
     assert "(default: 5)" in bench and "(default: -O2)" in bench
 
