@@ -4,6 +4,7 @@ outputs over the protocol on every QEMU machine; determinism; a hung and a fault
 from __future__ import annotations
 
 import re
+import struct
 import time
 from pathlib import Path
 
@@ -84,3 +85,36 @@ def test_a_fault_is_reported_with_its_pc(tmp_path):
         _run("qemu-m7", tmp_path, bytes(1000), extra_cflags=("-DSTUB_MODE=2",))
     msg = str(e.value)
     assert "fault" in msg.lower() and "PC" in msg
+
+
+def test_bytes_that_come_during_an_inference_change_none_of_its_figures(tmp_path):
+    """On a noisy link the host sends a request again while the device computes. The byte that arrives
+    then must not be taken as an interrupt inside the inference: its exception frame would deepen the
+    painted peak stack (the spin is the stub's deepest point) and its instructions would join the count."""
+    from harness import protocol as P
+
+    board = get_board("qemu-m4")
+    build = build_firmware(STUB, board, qemu=True, cache_dir=tmp_path, extra_cflags=("-DSTUB_MODE=4",))
+    with QemuTarget(board).open(build, timeout=20) as s:
+        dev = s.device
+        dev.set_input(0, bytes(1000))
+        quiet = dev.infer(1)
+
+        def answer(seq: int) -> P.Frame:  # skipping late answers to a request Device sent twice
+            while (f := dev.read_frame(10.0)).seq != seq:
+                pass
+            return f
+
+        for seq, delay in ((0x70, 0.005), (0x71, 0.015), (0x72, 0.03)):  # the spin lasts ~80 ms
+            dev.port.write(P.encode(P.INFER, seq, (1).to_bytes(4, "little")))
+            dev.port.flush()
+            assert answer(seq).kind == P.ACK
+            time.sleep(delay)
+            dev.port.write(b"\x00")  # noise: not a sync byte, so the device skips it once it reads again
+            dev.port.flush()
+            stats = answer(seq)
+            assert stats.kind == P.STATS
+            n, stack, _ = struct.unpack_from("<3I", stats.payload)
+            count = struct.unpack_from("<Q", stats.payload, 12)[0]
+            assert (stack, count) == (quiet.peak_stack, quiet.counts[0]), f"byte {delay} s into the inference"
+        assert dev.get_output(0, 1000) == bytes(b"\x01" * 1000)

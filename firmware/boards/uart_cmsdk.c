@@ -10,10 +10,15 @@
 #define UART_INTSTATUS (*(volatile uint32_t *)(UART_BASE + 0x0Cu))
 #define UART_BAUDDIV (*(volatile uint32_t *)(UART_BASE + 0x10u))
 #define NVIC_ISER0 (*(volatile uint32_t *)0xE000E100u)
+#define NVIC_ICPR0 (*(volatile uint32_t *)0xE000E280u)
+#define CTRL_RX_INT (1u << 3)
 
 /* Where the machine wires the RX interrupt (boards.toml: uart.rx_irq), the receive sleeps in WFI until a
  * byte comes: QEMU then idles instead of spinning a host core on the status register, and that core
- * goes to the harness. Without it, the receive polls. */
+ * goes to the harness. Without it, the receive polls. The interrupt is armed only while the receive
+ * sleeps, and its handler never runs: a byte that comes during an inference (a request sent again on a
+ * noisy link) must not push an exception frame onto the inference's stack or add its instructions to
+ * the count. */
 #ifndef UART_RX_IRQ
 #define UART_RX_IRQ -1
 #endif
@@ -23,11 +28,9 @@ void uart_init(uint32_t clock_hz)
     (void)clock_hz;
     UART_BAUDDIV = 16u; /* the smallest legal divider: QEMU ignores the rate, real MPS2 images want >= 16 */
 #if UART_RX_IRQ >= 0
-    UART_CTRL = 3u | (1u << 3); /* TX and RX enable, RX interrupt */
-    NVIC_ISER0 = 1u << UART_RX_IRQ;
-#else
-    UART_CTRL = 3u; /* TX and RX enable */
+    NVIC_ISER0 = 1u << UART_RX_IRQ; /* enabled at the NVIC, armed at the UART by the receive alone */
 #endif
+    UART_CTRL = 3u; /* TX and RX enable */
 }
 
 int uart_irq(void)
@@ -52,12 +55,17 @@ int board_uart_getc(void)
 {
     while (!(UART_STATE & 2u)) { /* RX buffer empty */
 #if UART_RX_IRQ >= 0
-        /* masked, so a byte that comes between the test and the WFI leaves its interrupt pending and
-         * the WFI returns at once; the handler runs (and clears it) when unmasked */
+        /* Masked: a pending interrupt still ends the WFI. Armed before the test (the UART flags only the
+         * bytes that come while armed), so a byte between the test and the WFI leaves it pending and the
+         * WFI returns at once; disarmed and cleared, status and NVIC alike, before unmasking. */
         __asm__ volatile("cpsid i" ::: "memory");
+        UART_CTRL = 3u | CTRL_RX_INT;
         if (!(UART_STATE & 2u)) {
             __asm__ volatile("wfi" ::: "memory");
         }
+        UART_CTRL = 3u;
+        UART_INTSTATUS = 2u;
+        NVIC_ICPR0 = 1u << UART_RX_IRQ;
         __asm__ volatile("cpsie i" ::: "memory");
 #endif
     }
