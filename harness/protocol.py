@@ -609,22 +609,30 @@ class Device:
     def infer(self, repetitions: int) -> Stats:
         """Run `repetitions` inferences and get their figures. Figures too long for a noisy link (more than
         a SMALL_CHUNK) are asked for in slices after two garbled answers; if the device holds none for
-        this INFER, it never ran it, and it is sent again."""
+        this INFER, it never ran it, and it is sent again (a new request, asked for in slices in turn:
+        a long frame sent whole may never get through), within the budget one request has."""
         if not 1 <= repetitions <= MAX_REPS:
             raise ProtocolError(f"repetitions must lie in 1..{MAX_REPS}, got {repetitions}")
         ask = struct.pack("<I", repetitions)
         if 12 + 8 * repetitions <= SMALL_CHUNK:
             payload = self.request(INFER, ask, STATS).payload
         else:
-            try:
-                payload = self.request(INFER, ask, STATS, max_attempts=2).payload
-            except NoAnswer:
+            budget_end = time.monotonic() + (1 + self.retries) * self.timeout
+            while True:
+                try:
+                    payload = self.request(INFER, ask, STATS, max_attempts=2).payload
+                    break
+                except NoAnswer as e:
+                    lost = e
                 try:
                     payload = self._slices(STATS, tag=self.last_seq)
+                    break
                 except Refused as e:
                     if e.code != ERR_OUT_OF_RANGE:
                         raise
-                    payload = self.request(INFER, ask, STATS).payload
+                if time.monotonic() >= budget_end:
+                    spent = (1 + self.retries) * self.timeout
+                    raise NoAnswer(f"{self.describe}: no intact figures for INFER in {spent:g} s of tries: {lost}")
         n, stack, hw = struct.unpack_from("<3I", payload)
         if len(payload) != 12 + 8 * n or n != repetitions:
             raise ProtocolError(f"STATS for {n} repetitions in {len(payload)} bytes, asked for {repetitions}")

@@ -362,6 +362,17 @@ def test_an_inference_that_never_arrived_is_sent_again_when_no_figures_are_kept(
     assert peer.runs == 1 and peer._seen[P.INFER] == 3 and peer.requests.count(P.HELLO_PART) == 1
 
 
+def test_long_figures_of_an_inference_sent_again_come_in_slices_too():
+    """Both attempts of the first INFER lost, and every long frame garbled: the INFER sent again must have
+    its figures asked for in slices as well, not wait whole for a 984-byte frame that never gets through."""
+    device, peer = connect(long_frames_garbled(), timeout=2.0)
+    peer.lose = lambda kind, n: kind == P.INFER and n < 2
+    device.wait_hello(1.0)
+    started = time.monotonic()
+    assert device.infer(P.MAX_REPS).counts == list(range(P.MAX_REPS))
+    assert peer.runs == 1 and time.monotonic() - started < 2 * 2.0
+
+
 def test_layer_stamps_through_a_noisy_link_come_six_to_a_frame():
     device, peer = connect(long_frames_garbled(), timeout=0.5)
     device.wait_hello(1.0)
