@@ -32,6 +32,7 @@ import numpy as np
 from harness import __version__, results
 from harness.datasets import Dataset, FittedData, fit_to_model, input_spec, load_dataset, output_size
 from harness.errors import HarnessError
+from harness.lifetime import die_with_parent
 from harness.protocol import LinkBroken
 
 Say = Callable[[str], None]
@@ -426,6 +427,8 @@ _GRAPH = None  # the reference process's graph
 
 def _reference_init(graph) -> None:
     global _GRAPH
+    # killed with the run: a kill -9 of `harness accuracy` otherwise left a reference worker behind
+    die_with_parent()
     _GRAPH = graph
 
 

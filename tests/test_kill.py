@@ -65,18 +65,24 @@ def test_a_tied_program_dies_with_its_parent():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
-def test_kill_9_of_harness_accuracy_takes_its_qemu_with_it(tmp_path):
+def test_kill_9_of_harness_accuracy_takes_its_qemu_and_workers_with_it(tmp_path):
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
     cmd = [sys.executable, "-m", "harness", "accuracy", "--board", "qemu-m4", "--model", "digits_cnn",
            "--dataset", "digits", "--results", str(tmp_path / "r")]  # fmt: skip
     env = {**os.environ, "HARNESS_BUILD_DIR": str(tmp_path / "b")}
     run = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: any("qemu" in n for _, n in children(run.pid)), 120), "no QEMU started"
-        qemu = [p for p, n in children(run.pid) if "qemu" in n]
+        # every child: QEMU and the host reference's worker processes
+        def both() -> bool:
+            names = [n for _, n in children(run.pid)]
+            return any("qemu" in n for n in names) and any("qemu" not in n for n in names)
+
+        assert wait_for(both, 120), "no QEMU, or no reference worker beside it"
+        started = [p for p, _ in children(run.pid)]
         run.send_signal(signal.SIGKILL)
         run.wait()
-        assert wait_for(lambda: not any(alive(p) for p in qemu), 5), "QEMU outlived the killed harness"
+        left = [p for p in started if alive(p)]
+        assert wait_for(lambda: not any(alive(p) for p in started), 5), f"{left} outlived the killed harness"
     finally:
         if run.poll() is None:
             run.kill()
