@@ -41,6 +41,15 @@ def records(rdir: Path) -> int:
     return sum(len(list(results.read(k, rdir))) for k in ("bench", "accuracy", CELLS_KIND))
 
 
+def kill(run: subprocess.Popen, rdir: Path, tree: list[int]) -> tuple[int, int]:
+    """SIGKILL `run`; (processes of `tree` alive 5 s after, store records appended after the kill)."""
+    before = records(rdir)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    time.sleep(5)
+    return sum(alive(p) for p in tree), records(rdir) - before
+
+
 def kill_accuracy(rng: random.Random, tmp: Path, build: Path) -> tuple[int, int]:
     """(processes alive 5 s after the kill, records appended after it)."""
     rdir = tmp / "r"
@@ -52,15 +61,10 @@ def kill_accuracy(rng: random.Random, tmp: Path, build: Path) -> tuple[int, int]
         if not wait_for(lambda: any("qemu" in n for _, n in children(run.pid)), 120):
             raise SystemExit("no QEMU started")
         time.sleep(rng.uniform(0, 3))
-        tree = descendants(run.pid)
-        before = records(rdir)
-        run.send_signal(signal.SIGKILL)
-        run.wait()
+        return kill(run, rdir, descendants(run.pid))
     finally:
         if run.poll() is None:
             run.kill()
-    time.sleep(5)
-    return sum(alive(p) for p in tree), records(rdir) - before
 
 
 def kill_nightly(rng: random.Random, tmp: Path, build: Path) -> tuple[int, int, bool]:
@@ -76,14 +80,10 @@ def kill_nightly(rng: random.Random, tmp: Path, build: Path) -> tuple[int, int, 
         while time.monotonic() < end and run.poll() is None:
             tree = sorted(set(tree) | set(descendants(run.pid)))
             time.sleep(0.05)
-        before = records(rdir)
-        run.send_signal(signal.SIGKILL)
-        run.wait()
+        left, appended = kill(run, rdir, tree)
     finally:
         if run.poll() is None:
             run.kill()
-    time.sleep(5)
-    left, appended = sum(alive(p) for p in tree), records(rdir) - before
     if list(results.read(RUNS_KIND, rdir)):  # it finished before the kill: nothing to resume
         return left, appended, True
     ids = {r["nightly_run"] for r in results.read(CELLS_KIND, rdir)}
