@@ -118,3 +118,23 @@ def test_bytes_that_come_during_an_inference_change_none_of_its_figures(tmp_path
             count = struct.unpack_from("<Q", stats.payload, 12)[0]
             assert (stack, count) == (quiet.peak_stack, quiet.counts[0]), f"byte {delay} s into the inference"
         assert dev.get_output(0, 1000) == bytes(b"\x01" * 1000)
+
+
+def test_a_fault_is_reported_while_a_request_waits_unread(tmp_path):
+    """A host on a noisy link may send INFER again while the device computes: the fault report must still
+    arrive, though the device never reads that second request. (A QEMU that exited at the fault reset the
+    connection and, on a loaded machine, about one run in ten lost the report.)"""
+    from harness import protocol as P
+
+    board = get_board("qemu-m7")
+    build = build_firmware(STUB, board, qemu=True, cache_dir=tmp_path, extra_cflags=("-DSTUB_MODE=2",))
+    with QemuTarget(board).open(build, timeout=20) as s:
+        dev = s.device
+        dev.set_input(0, bytes(1000))
+        infer = P.encode(P.INFER, 0x70, (1).to_bytes(4, "little"))
+        dev.port.write(infer + infer)
+        dev.port.flush()
+        while (f := dev.read_frame(10.0)).kind != P.ERROR:  # the ACK first
+            pass
+    code, pc = struct.unpack_from("<HI", f.payload)
+    assert code == P.ERR_FAULT and pc != 0 and f.payload.endswith(b"BusFault"), f.payload
