@@ -539,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a reader that left shows here, not at exit
         return code
     except HarnessError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        # one line, wrapped by the terminal, not by rich: a path in it stays whole to copy or to grep
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         if getattr(args, "json", False):  # a script reading stdout gets an answer it can parse
             print(json.dumps({"error": str(e), "exit_code": 2}))
         return 2
