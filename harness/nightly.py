@@ -574,6 +574,7 @@ def ratio_cells(cells: list[dict[str, Any]], run_id: str, matrix: str) -> list[d
 # --- verdicts ------------------------------------------------------------------------------------------
 
 OK, IMPROVED, REGRESSION, FAILED, NEW, XFAIL = "ok", "improved", "regression", "failed", "new", "xfail"
+CHANGED = "model changed"  # the cell's model file is not the baseline's: its figures are shown, not judged
 
 
 def compare_cell(
@@ -581,7 +582,8 @@ def compare_cell(
 ) -> dict[str, Any]:
     """The verdict of one cell against its baseline cell (None: nothing to compare with).
 
-    Returns {"status": ok|improved|regression|failed|new|xfail, "checks": [per-metric rows], "notes": [...]}.
+    Returns {"status": ok|improved|regression|failed|new|xfail|model changed, "checks": [per-metric rows],
+    "notes": [...]}.
     A failed cell or an output mismatch is a failure whatever the baseline says."""
     checks: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -620,6 +622,16 @@ def compare_cell(
     if b.get("count_source") and m.get("count_source") and b["count_source"] != m["count_source"]:
         notes.append(f"counts not comparable: baseline from {b['count_source']}, now {m['count_source']}")
         checks = [c for c in checks if c["metric"] not in ("instructions", "cycles")]
+    was, now = base.get("model_sha256"), cur.get("model_sha256")
+    if was and now and was != now:
+        # another model is no regression of this one: the deltas are what the change cost or saved
+        for c in checks:
+            c["verdict"] = CHANGED
+        notes.append(
+            f"the model file changed since the baseline (sha256 {was[:12]}… -> {now[:12]}…): figures not judged; "
+            "accept this run as the baseline once it is the model you mean"
+        )
+        return {"status": CHANGED, "checks": checks, "notes": notes}
     statuses = {c["verdict"] for c in checks}
     status = REGRESSION if REGRESSION in statuses else IMPROVED if IMPROVED in statuses else OK
     return {"status": status, "checks": checks, "notes": notes}

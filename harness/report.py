@@ -22,6 +22,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "new": "white",
     "xfail": "dim",
+    "model changed": "yellow",
 }
 STATUS_COLOUR = {  # table cell backgrounds in the HTML page
     "ok": "#d9f2d9",
@@ -30,6 +31,7 @@ STATUS_COLOUR = {  # table cell backgrounds in the HTML page
     "failed": "#f7c9c9",
     "new": "#f2f2f2",
     "xfail": "#e8e8e8",
+    "model changed": "#fbf0c8",
 }
 RATIO = "native_tflm_cmsis_ratio"  # harness.nightly.RATIO (no import back into nightly)
 TREND_METRICS = ("instructions", "cycles", "peak_sram_bytes", "flash_bytes", "accuracy", RATIO)
@@ -91,10 +93,21 @@ def counts(cells: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def verdict_line(matrix: str, run_id: str, cells: list[dict[str, Any]], exit_code: int) -> str:
+    """The run in one line: what happened (a regression, or only cells that failed, which are no regression
+    of anything), the counts, and the first cell that needs attention with its reason."""
     n = counts(cells)
     word = {0: "CLEAN", 1: "REGRESSION", 2: "BROKEN", 130: "INTERRUPTED (cells that finished)"}[exit_code]
-    parts = [f"{n[s]} {s}" for s in ("regression", "failed", "improved", "ok", "new", "xfail") if n.get(s)]
-    return f"nightly {matrix} {run_id}: {word} (exit {exit_code}): {', '.join(parts)}"
+    if exit_code == 1 and not n.get("regression"):
+        word = "1 CELL FAILED" if n.get("failed") == 1 else f"{n.get('failed', 0)} CELLS FAILED"
+    order = ("regression", "failed", "improved", "ok", "new", "model changed", "xfail")
+    parts = [f"{n[s]} {s}" for s in order if n.get(s)]
+    line = f"nightly {matrix} {run_id}: {word} (exit {exit_code}): {', '.join(parts)}"
+    bad = [c for s in ("regression", "failed") for c in cells if c["verdict"]["status"] == s]
+    if bad and exit_code == 1:
+        what = problems(bad[0])
+        line += f" — {bad[0]['cell']}: {what[0] if what else bad[0]['verdict']['status']}"
+        line += f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return line
 
 
 def problems(cell: dict[str, Any]) -> list[str]:
@@ -387,7 +400,7 @@ table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: right; }
 th { background: #eee; } td.l { text-align: left; }
 .ok { background: #d9f2d9; } .improved { background: #d6e6fa; } .regression, .failed { background: #f7c9c9; }
-.new { background: #f2f2f2; } .xfail { background: #e8e8e8; }
+.new { background: #f2f2f2; } .xfail { background: #e8e8e8; } .model.changed { background: #fbf0c8; }
 .worse { color: #b00; font-weight: bold; } .better { color: #0550ae; font-weight: bold; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }
 """
@@ -427,7 +440,8 @@ def html_page(run: dict[str, Any], plots: dict[str, Path]) -> str:
 <p>{e(run.get("description") or "")}<br>Started {e(str(run.get("started")))}, {run.get("seconds", 0):.0f} s with
 {run.get("jobs", 1)} job(s). Baseline: {e(run.get("baseline") or "none yet (every cell is new)")}.</p>
 <p>Green: within thresholds; red: regression or failure; blue: improved beyond the threshold; grey: no baseline
-or an expected failure. QEMU figures are instruction counts (-icount), not cycles.</p>
+or an expected failure; yellow: the model file changed since the baseline (shown, not judged).
+QEMU figures are instruction counts (-icount), not cycles.</p>
 <table><tr><th>cell</th><th>verdict</th><th>instructions / cycles</th><th>peak SRAM (B)</th><th>flash (B)</th>
 <th>accuracy</th><th>s</th><th>notes</th></tr>
 {chr(10).join(rows)}

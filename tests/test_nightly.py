@@ -178,6 +178,21 @@ def test_no_baseline_or_a_failed_baseline_cell_is_new_and_other_sources_are_not_
     assert v["status"] == "ok" and not v["checks"] and any("not comparable" in n for n in v["notes"])
 
 
+def test_a_cell_whose_model_file_changed_says_so_and_is_not_judged_against_the_old_model():
+    base = {**qemu(instructions=10**6, peak_sram_bytes=1000), "model_sha256": "a" * 64}
+    bigger = {**qemu(instructions=2 * 10**6, peak_sram_bytes=5000), "model_sha256": "b" * 64}
+    v = compare_cell(bigger, base, Thresholds())
+    assert v["status"] == "model changed"
+    assert {c["metric"]: c["verdict"] for c in v["checks"]} == {
+        "instructions": "model changed",
+        "peak_sram_bytes": "model changed",
+    }
+    assert any("aaaaaaaaaaaa… -> bbbbbbbbbbbb…" in n for n in v["notes"])
+    assert exit_code([{**bigger, "verdict": v}]) == 0
+    # the same model file is judged as always
+    assert compare_cell({**bigger, "model_sha256": "a" * 64}, base, Thresholds())["status"] == "regression"
+
+
 def test_exit_codes():
     def judged(status, metrics=True):
         return {"verdict": {"status": status}, "metrics": {"instructions": 1} if metrics else {}}

@@ -72,6 +72,20 @@ def test_markdown_names_the_cell_the_metric_and_the_improvement(tmp_path):
     assert "`qemu-m4:digits`" in improved and "-20.000 %" in improved
 
 
+def test_the_headline_says_what_happened(tmp_path):
+    line = report.markdown(_three_runs(tmp_path)).splitlines()[0]
+    assert "REGRESSION (exit 1)" in line and "— qemu-m4:ad: instructions 1,000 -> 1,500" in line
+    assert "(and 1 more)" in line
+    # a run whose only problem is a new cell that does not fit is no regression: it says the cell failed
+    a = _cell("qemu-m4:ad", instructions=1000, peak_sram_bytes=400, flash_bytes=9000)
+    big = {**_cell("nucleo-f412:mcunet"), "status": "failed", "error": "DoesNotFitError",
+           "reason": "peak SRAM 300,000 B is more than nucleo-f412's 262,144 B", "metrics": {}}  # fmt: skip
+    run = _run(tmp_path, "20260104T000000Z-000004", [a, big], {"qemu-m4:ad": a})
+    line = report.verdict_line("t", run["run_id"], run["cells"], run["exit_code"])
+    assert "REGRESSION" not in line
+    assert "1 CELL FAILED (exit 1): 1 failed, 1 ok — nucleo-f412:mcunet: peak SRAM 300,000 B" in line
+
+
 def test_html_embeds_trend_plots_over_three_runs(tmp_path):
     run = _three_runs(tmp_path)
     history = report.nightly_history("t", tmp_path)
