@@ -25,6 +25,26 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
+def _print_csv(columns: list[str], rows: list[list[Any]]) -> None:
+    """Raw figures (no thousands separators, no units: the column says the unit) for a spreadsheet or pandas."""
+    import csv
+
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(["" if v is None else v for v in row] for row in rows)
+
+
+def add_output_options(p: argparse.ArgumentParser, what: str) -> None:
+    """--json or --csv: stdout is then the data alone."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+    g.add_argument("--csv", action="store_true", help=f"print {what} as CSV, raw numbers with a header row")
+
+
+def _shape(s: list[int]) -> str:
+    return "x".join(map(str, s))
+
+
 def _table(title: str, columns: list[str], rows: list[list[Any]], justify_from: int = 1) -> Table:
     table = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):
@@ -128,6 +148,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
+    if args.csv:
+        cols = ["index", "layer", "op", "inputs", "output", "macs", "weight_bytes", "activation_bytes", "arena_offset"]
+        _print_csv(cols, [[r["index"], r["name"], r["op"], " ".join(map(_shape, r["input_shapes"])),
+                           _shape(r["output_shape"]), r["macs"], r["weight_bytes"], r["activation_bytes"],
+                           r.get("arena_offset")] for r in info["layers"]])  # fmt: skip
+        return 0
     rows = [
         [
             r["index"],
@@ -171,6 +197,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = models_table()
     if args.json:
         _print_json(rows)
+        return 0
+    if args.csv:
+        cols = ["name", "task", "input", "macs", "params", "weight_bytes", "arena_bytes", "weights", "fits"]
+        _print_csv(cols, [[r["name"], r["task"], _shape(r["input_shape"]), r["macs"], r["params"], r["weight_bytes"],
+                           r["arena_bytes"], r["weights"], " ".join(r["fits"])] for r in rows])  # fmt: skip
         return 0
     real = [b.name for b in load_boards().values() if not b.is_qemu]
 
@@ -247,9 +278,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         engine=args.engine,
         fuse=not args.no_fuse,
     )
-    if args.json:
+    if args.json or args.csv:  # stdout is the data: what is said goes to stderr
         result = run_bench(opts, say=lambda msg: err_console.print(msg))
-        _print_json(result)
+        _print_json(result) if args.json else print_bench_csv(result)
         return 0 if result["status"] == "ok" else 1
     with Progress(
         TextColumn("{task.description}"),
@@ -385,6 +416,35 @@ def print_bench(r: dict[str, Any]) -> None:
         console.print(f"recorded in {r['result_file']}")
 
 
+BENCH_CSV = ["run_id", "time", "git_sha", "board", "model", "engine", "target", "opt", "count_unit", "count_min",
+             "count_median", "count_max", "macs", "latency_ms", "peak_sram_bytes", "arena_bytes", "peak_stack_bytes",
+             "static_ram_bytes", "flash_bytes", "code_bytes", "weight_bytes", "fits", "outputs_match", "inputs",
+             "repetitions"]  # fmt: skip
+
+
+def print_bench_csv(r: dict[str, Any]) -> None:
+    """One row for the run (columns as the record names them); with --layers, one row per layer instead."""
+    f = r.get("figures") or {}
+    if r.get("layers"):
+        cols = ["run_id", "board", "model", "layers", "layer", "op", "output", "macs", f["count_unit"], "share"]
+        _print_csv(cols, [[r["run_id"], r["board"], r["model"],
+                           "-".join(map(str, (x["layers"][0], x["layers"][-1]))) if x.get("layers") else x["index"],
+                           x["name"], f"{len(x['layers'])} fused" if x.get("layers") else x["op"],
+                           _shape(x["output_shape"]), x["macs"], x["count"], round(x["share"], 6)]
+                          for x in r["layers"]])  # fmt: skip
+        return
+    c = f.get("count") or {}
+    flat = {
+        **r,
+        **f,
+        "opt": (r.get("options") or {}).get("opt"),
+        "count_min": c.get("min"),
+        "count_median": c.get("median"),
+        "count_max": c.get("max"),
+    }
+    _print_csv(BENCH_CSV, [[flat.get(k) for k in BENCH_CSV]])
+
+
 def print_layers(layers: list[dict[str, Any]], unit: str) -> None:
     rows = [
         [
@@ -449,18 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_engine_option(b)
     add_fuse_option(b)
-    b.add_argument("--json", action="store_true")
+    add_output_options(b, "the run's record (with --csv and --layers: one row per layer)")
     b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("inspect", help="per-layer table: shapes, MACs, weights, arena plan")
     i.add_argument("model", help="a zoo name (see `harness models`) or a path to a .tflite")
     add_fuse_option(i)
     i.add_argument("--plot", default=None, metavar="FILE.png", help="draw the memory over the schedule")
-    i.add_argument("--json", action="store_true")
+    add_output_options(i, "the layers")
     i.set_defaults(func=cmd_inspect)
 
     m = sub.add_parser("models", help="the model zoo")
-    m.add_argument("--json", action="store_true")
+    add_output_options(m, "the models")
     m.set_defaults(func=cmd_models)
 
     e = sub.add_parser("export", help="write a zoo model as a .tflite file")

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def register(subparsers) -> None:
-    from harness.cli import opt_flag
+    from harness.cli import add_output_options, opt_flag
 
     n = subparsers.add_parser(
         "nightly",
@@ -69,7 +69,7 @@ def register(subparsers) -> None:
     h.add_argument("--nightly-only", action="store_true", help="only runs made by `harness nightly`")
     h.add_argument("--results", default=None)
     h.add_argument("--plot", default=None, help="PNG path (default results/history/<board>__<model>__<metric>.png)")
-    h.add_argument("--json", action="store_true")
+    add_output_options(h, "the points")
     h.set_defaults(func=cmd_history)
 
 
@@ -107,7 +107,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
     console.print(verdict_line(run.matrix, run.run_id, run.cells, run.exit_code), highlight=False)
     console.print(
-        f"{run.seconds:.1f} s; reports: {run.files.get('html')}, {run.files.get('markdown')}, {run.files.get('junit')}"
+        f"{run.seconds:.1f} s; reports: {run.files.get('html')}, {run.files.get('markdown')}, "
+        f"{run.files.get('junit')}, {run.files.get('csv')}"
     )
     return run.exit_code
 
@@ -210,7 +211,7 @@ def cmd_baseline_show(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from harness.cli import _table, console, show
+    from harness.cli import _print_csv, _table, console, show
     from harness.errors import HarnessError, did_you_mean
     from harness.report import _same_model, fmt_value, history_plot, metric_history, recorded_models
 
@@ -232,6 +233,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not rows:
         console.print(f"no recorded {args.metric} for {args.model} on {args.board}")
         return 1
+    if args.csv:
+        cols = ["time", "run_id", "nightly_run", "opt", args.metric]
+        _print_csv(cols, [[r["time"], r["run_id"], r.get("nightly_run"), r.get("opt"), r["value"]] for r in rows])
+        return 0
     table_rows = []
     prev = None
     for r in rows:

@@ -1,12 +1,15 @@
 """Reports of nightly runs and history: a self-contained HTML page (plots embedded as base64 PNG), a Markdown
-summary fit for a CI comment, JUnit XML (one testcase per cell) and trend plots per metric.
+summary fit for a CI comment, JUnit XML (one testcase per cell), cells.csv, tables of each metric by model and
+board, and trend plots per metric.
 
 Everything here reads the judged run (harness.nightly) and the results store; nothing measures."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -159,6 +162,11 @@ def markdown(run: dict[str, Any]) -> str:
             f"{check_text('accuracy', m, chk)} |"
         )
     lines += ["", "</details>", ""]
+    for metric, boards, rows in pivots(cells):
+        lines += [f"**{METRIC_LABEL[metric]}** by model and board", ""]
+        lines += ["| model | " + " | ".join(boards) + " |", "|---|" + "---|" * len(boards)]
+        lines += [f"| `{v}` | " + " | ".join(r.get(b, "") for b in boards) + " |" for v, r in rows]
+        lines.append("")
     lines.append(
         "QEMU figures are instruction counts (-icount), not cycles; exit 0 clean, 1 regression or failed cell, "
         "2 the run broke."
@@ -426,6 +434,14 @@ def html_page(run: dict[str, Any], plots: dict[str, Path]) -> str:
         notes = problems(c) if v["status"] in ("failed", "regression") else improvements(c) + v["notes"]
         tds.append(f"<td class=l>{e('; '.join(notes))}</td>")
         rows.append(f"<tr class='{v['status']}'>{''.join(tds)}</tr>")
+    pivot_html = []
+    for metric, boards, prow in pivots(cells):
+        head_row = "".join(f"<th>{e(b)}</th>" for b in boards)
+        body = "".join(
+            f"<tr><td class=l>{e(v)}</td>" + "".join(f"<td>{e(r.get(b, ''))}</td>" for b in boards) + "</tr>"
+            for v, r in prow
+        )
+        pivot_html.append(f"<h3>{e(METRIC_LABEL[metric])}</h3><table><tr><th>model</th>{head_row}</tr>{body}</table>")
     imgs = []
     for metric, p in plots.items():
         data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
@@ -446,21 +462,64 @@ QEMU figures are instruction counts (-icount), not cycles.</p>
 <th>accuracy</th><th>s</th><th>notes</th></tr>
 {chr(10).join(rows)}
 </table>
+<h2>By model and board</h2>
+{chr(10).join(pivot_html)}
+<p>Every cell's figures, raw: <a href="cells.csv">cells.csv</a>.</p>
 <h2>Trends (last {HISTORY_RUNS} runs of this matrix)</h2>
 {chr(10).join(imgs) or "<p>No history yet.</p>"}
 </body></html>
 """
 
 
+CELLS_CSV = ["cell", "board", "model", "engine", "opt", "target", "verdict", "count_source", "instructions",
+             "cycles", "peak_sram_bytes", "flash_bytes", "accuracy", RATIO, "seconds", "model_sha256",
+             "reason"]  # fmt: skip
+
+
+def cells_csv(run: dict[str, Any]) -> str:
+    """One row per cell, raw figures (a spreadsheet's or pandas' input)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CELLS_CSV)
+    for c in run["cells"]:
+        row = {**c, **c.get("metrics", {}), "verdict": c["verdict"]["status"]}
+        w.writerow(["" if row.get(k) is None else row[k] for k in CELLS_CSV])
+    return buf.getvalue()
+
+
+PIVOT_METRICS = ("instructions", "cycles", RATIO, "peak_sram_bytes", "flash_bytes", "accuracy")
+
+
+def pivots(cells: list[dict[str, Any]]) -> list[tuple[str, list[str], list[tuple[str, dict[str, str]]]]]:
+    """Per metric any cell has: (metric, boards, rows of (model and variant, {board: figure})). The row is
+    the cell key without its board, so a model's engines and options stay apart."""
+    boards = sorted({c["board"] for c in cells})
+    out = []
+    for metric in PIVOT_METRICS:
+        rows: dict[str, dict[str, str]] = {}
+        for c in cells:
+            variant = c["cell"].split(":", 1)[1] if ":" in c["cell"] else c["model"]
+            value = c.get("metrics", {}).get(metric)
+            if value is not None:
+                rows.setdefault(variant, {})[c["board"]] = fmt_value(metric, value)
+            elif c["verdict"]["status"] == "failed":
+                rows.setdefault(variant, {}).setdefault(c["board"], "failed")
+        if any(v != "failed" for r in rows.values() for v in r.values()):
+            out.append((metric, boards, sorted(rows.items())))
+    return out
+
+
 def write_nightly_reports(run: dict[str, Any], results_dir: str | Path | None, out_dir: Path) -> dict[str, Path]:
-    """report.html, summary.md, junit.xml and the trend PNGs under results/nightly/<run id>/."""
+    """report.html, summary.md, junit.xml, cells.csv and the trend PNGs under results/nightly/<run id>/."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = trend_plots(nightly_history(run["matrix"], results_dir, current_run=run["run_id"]), out_dir / "plots")
     files = {
         "markdown": out_dir / "summary.md",
         "junit": out_dir / "junit.xml",
         "html": out_dir / "report.html",
+        "csv": out_dir / "cells.csv",
     }
+    files["csv"].write_text(cells_csv(run), encoding="utf-8")
     files["markdown"].write_text(markdown(run), encoding="utf-8")
     files["junit"].write_text(junit(run), encoding="utf-8")
     files["html"].write_text(html_page(run, plots), encoding="utf-8")

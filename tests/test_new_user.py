@@ -221,3 +221,50 @@ def test_bench_progress_names_each_stage(tmp_path, monkeypatch):
     names = [s[0] for s in stages]
     assert "generating C" in names and any(n.startswith("starting host") for n in names)
     assert ("input 2/2: 1 warm-up + 1 timed", 1, 2) in stages and stages[-1] == ("done", 2, 2)
+
+
+def _csv_rows(text: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_csv_from_models_inspect_and_history_is_raw_figures(tmp_path, capsys):
+    from harness.zoo import models_table
+
+    assert main(["models", "--csv"]) == 0
+    rows = _csv_rows(capsys.readouterr().out)
+    want = {r["name"]: r for r in models_table()}
+    assert [r["name"] for r in rows] == list(want)
+    digits = next(r for r in rows if r["name"] == "digits_cnn")
+    assert int(digits["macs"]) == want["digits_cnn"]["macs"] and digits["input"] == "1x8x8x1"
+
+    assert main(["inspect", "digits_cnn", "--csv"]) == 0
+    layers = _csv_rows(capsys.readouterr().out)
+    assert [int(r["index"]) for r in layers] == list(range(len(layers))) and all(r["macs"].isdigit() for r in layers)
+
+    argv = ["history", "--board", "nucleo-f746", "--metric", "arena_bytes", "--model", "digits_cnn"]
+    for run in ("a", "b"):
+        results.append("bench", {"status": "ok", "board": "nucleo-f746", "model": "digits_cnn", "run_id": run,
+                                 "figures": {"arena_bytes": 23360}}, tmp_path)  # fmt: skip
+    assert main([*argv, "--results", str(tmp_path), "--csv", "--plot", str(tmp_path / "h.png")]) == 0
+    points = _csv_rows(capsys.readouterr().out)
+    assert [(p["run_id"], p["arena_bytes"]) for p in points] == [("a", "23360"), ("b", "23360")]
+
+    with pytest.raises(SystemExit):  # one format at a time
+        main(["models", "--csv", "--json"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_bench_csv_is_the_record_as_one_row(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_BUILD_DIR", str(tmp_path / "build"))
+    argv = ["bench", "--board", "qemu-m4", "--model", "digits_cnn", "-n", "1", "-m", "1", "--results", str(tmp_path)]
+    assert main([*argv, "--csv"]) == 0
+    (row,) = _csv_rows(capsys.readouterr().out)
+    (rec,) = results.read("bench", tmp_path)
+    f = rec["figures"]
+    assert row["run_id"] == rec["run_id"] and row["git_sha"] == (rec["git_sha"] or "")
+    assert row["count_unit"] == "instructions" and int(row["count_median"]) == f["count"]["median"]
+    assert int(row["peak_sram_bytes"]) == f["peak_sram_bytes"] and int(row["flash_bytes"]) == f["flash_bytes"]
+    assert row["outputs_match"] == "True" and row["fits"] == "True"

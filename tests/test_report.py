@@ -104,6 +104,29 @@ def test_html_embeds_trend_plots_over_three_runs(tmp_path):
     assert files["markdown"].read_text().startswith("### nightly t")
 
 
+def test_cells_csv_and_the_tables_by_model_and_board(tmp_path):
+    import csv
+    import io
+
+    run = _three_runs(tmp_path)
+    files = report.write_nightly_reports(run, tmp_path, tmp_path / "out")
+    rows = list(csv.DictReader(io.StringIO(files["csv"].read_text())))
+    assert [(r["cell"], r["verdict"], r["instructions"]) for r in rows] == [
+        ("qemu-m4:ad", "regression", "1500"),
+        ("qemu-m4:digits", "improved", "400"),
+        ("qemu-m7:kws", "failed", ""),
+    ]
+    assert rows[2]["reason"] == "DoesNotFitError: big"
+    by_metric = {m: (boards, dict(r)) for m, boards, r in report.pivots(run["cells"])}
+    assert set(by_metric) == {"instructions", "peak_sram_bytes", "flash_bytes", "accuracy"}
+    boards, instructions = by_metric["instructions"]
+    assert boards == ["qemu-m4", "qemu-m7"]
+    assert instructions == {"ad": {"qemu-m4": "1,500"}, "digits": {"qemu-m4": "400"}, "kws": {"qemu-m7": "failed"}}
+    page = files["html"].read_text()
+    assert "<h2>By model and board</h2>" in page and "<td class=l>digits</td><td>400</td><td></td>" in page
+    assert "| `ad` | 1,500 |  |" in files["markdown"].read_text()
+
+
 def _bench(rdir, board, model, median, opt="-O2", nightly_run=None, status="ok"):
     rec = {"run_id": results.new_run_id(), "board": board, "model": model, "status": status, "options": {"opt": opt},
            "figures": {"count_source": "qemu-icount", "count_unit": "instructions", "count": {"median": median},
