@@ -572,6 +572,20 @@ def test_plots_for_few_and_many_classes(classes):
     assert _png_size(pngs["confusion"])[0] > (600 if classes == 40 else 300)
 
 
+def test_the_per_class_axis_zooms_to_the_data_and_board_cycles_read_as_ms():
+    from harness.accuracy_report import accuracy_floor, latency_in_ms
+
+    assert accuracy_floor(np.array([95.0, 100.0, np.nan, 97.5])) == 90.0  # 95-100 % is not drawn on 0-100
+    assert accuracy_floor(np.array([99.9, 100.0])) == 95.0
+    assert accuracy_floor(np.array([1.0, 100.0])) == 0.0
+    assert accuracy_floor(np.array([np.nan])) == 0.0
+    dwt = Counting.of(F746, Hello(1, 216_000_000, 0, 0, 0, "nucleo-f746", "cortex-m7", "dwt", "", "m"))
+    recs = [_rec(i, i % 2, [10, -10] if i % 2 == 0 else [-10, 10], count=216_000) for i in range(20)]
+    lat = compute_figures(recs, ["a", "b"], (1 / 256, -128), dwt)["latency"]
+    assert latency_in_ms(lat) and lat["ms_median"] == 1.0  # 216,000 cycles at 216 MHz
+    assert not latency_in_ms(compute_figures(recs, ["a", "b"], (1 / 256, -128), QEMU_COUNTING)["latency"])
+
+
 def test_html_renders_in_headless_chromium(tmp_path, host_engine):
     """Where a Chromium is installed, the page renders to a non-blank screenshot (elsewhere the structure is
     checked with html.parser in test_report_and_store_on_qemu)."""
