@@ -233,32 +233,30 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not rows:
         console.print(f"no recorded {args.metric} for {args.model} on {args.board}")
         return 1
+    acc = args.metric == "accuracy"
     if args.csv:
-        cols = ["time", "run_id", "nightly_run", "opt", args.metric]
-        _print_csv(cols, [[r["time"], r["run_id"], r.get("nightly_run"), r.get("opt"), r["value"]] for r in rows])
+        cols = ["time", "run_id", "nightly_run", *(("dataset", "samples") if acc else ("opt",)), args.metric]
+        _print_csv(cols, [[r["time"], r["run_id"], r.get("nightly_run"),
+                           *((r.get("dataset"), r.get("samples")) if acc else (r.get("opt"),)), r["value"]]
+                          for r in rows])  # fmt: skip
         return 0
     table_rows = []
     prev = None
+    last_over: dict[tuple, float] = {}  # accuracy: the last figure over each set of samples
     for r in rows:
-        delta = "" if prev is None or not prev else f"{100.0 * (r['value'] - prev) / prev:+.3f} %"
-        table_rows.append(
-            [
-                r["time"],
-                r["run_id"],
-                r.get("nightly_run") or "",
-                r.get("opt") or "",
-                fmt_value(args.metric, r["value"]),
-                delta,
-            ]
-        )
-        prev = r["value"]
-    show(
-        _table(
-            f"{args.metric} of {args.model} on {args.board}",
-            ["time", "run", "nightly run", "opt", args.metric, "change"],
-            table_rows,
-            justify_from=4,
-        )  # fmt: skip
-    )
+        if acc:  # in points, as the nightly judges it, against the last run over the same samples
+            over = (r.get("dataset_sha256"), r.get("samples"))
+            delta = f"{r['value'] - last_over[over]:+.2f} pt" if over in last_over else ""
+            last_over[over] = r["value"]
+            middle = [r.get("dataset") or "", "" if r.get("samples") is None else f"{r['samples']:,}"]
+        else:
+            p = prev and prev["value"]
+            delta = f"{100.0 * (r['value'] - p) / p:+.3f} %" if p else ""
+            middle = [r.get("opt") or ""]
+        table_rows.append([r["time"], r["run_id"], r.get("nightly_run") or "", *middle,
+                           fmt_value(args.metric, r["value"]), delta])  # fmt: skip
+        prev = r
+    cols = ["time", "run", "nightly run", *(("data set", "samples") if acc else ("opt",)), args.metric, "change"]
+    show(_table(f"{args.metric} of {args.model} on {args.board}", cols, table_rows, justify_from=4))
     console.print(f"plot: {plot}")
     return 0

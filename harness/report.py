@@ -309,16 +309,23 @@ def metric_history(
         raise HarnessError(f"unknown metric {metric!r}; one of: {', '.join(known)}")
     from harness.nightly import finished_runs
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     done = finished_runs(results_dir)
     if metric == "accuracy":
+        # an accuracy record carries no nightly tag: the nightly's cell names the accuracy run it made
+        made_by = {c["accuracy_run_id"]: c.get("nightly_run") for c in results.read("nightly", results_dir)
+                   if c.get("accuracy_run_id")}  # fmt: skip
         for r in results.read("accuracy", results_dir):
             if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):
                 continue
-            v = (r.get("figures") or {}).get("device_top1")
-            if v is not None:
-                rows.append({"time": r.get("time"), "run_id": r["run_id"], "value": round(100.0 * v, 4),
-                             "dataset": r.get("dataset"), "nightly_run": None, "opt": None})  # fmt: skip
+            nightly_run = made_by.get(r["run_id"])
+            if (nightly_only and not nightly_run) or (nightly_run and nightly_run not in done):
+                continue
+            f = r.get("figures") or {}
+            if f.get("device_top1") is not None:
+                rows.append({"time": r.get("time"), "run_id": r["run_id"], "value": round(100.0 * f["device_top1"], 4),
+                             "dataset": r.get("dataset"), "dataset_sha256": r.get("dataset_sha256"),
+                             "samples": f.get("samples"), "nightly_run": nightly_run, "opt": None})  # fmt: skip
         return rows
     for r in results.read("bench", results_dir):
         if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):

@@ -5,6 +5,7 @@ script can parse, and a reader that leaves early. Through the real entry point (
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -268,3 +269,34 @@ def test_bench_csv_is_the_record_as_one_row(tmp_path, monkeypatch, capsys):
     assert row["count_unit"] == "instructions" and int(row["count_median"]) == f["count"]["median"]
     assert int(row["peak_sram_bytes"]) == f["peak_sram_bytes"] and int(row["flash_bytes"]) == f["flash_bytes"]
     assert row["outputs_match"] == "True" and row["fits"] == "True"
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_accuracy_history_shows_samples_and_points_and_nightly_only_filters_it(columns, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(columns))
+
+    def acc(run_id, top1, samples, data="d1"):
+        results.append("accuracy", {"status": "ok", "board": "nucleo-f746", "model": "digits_cnn", "run_id": run_id,
+                                    "dataset": "digits", "dataset_sha256": data,
+                                    "figures": {"device_top1": top1, "samples": samples}}, tmp_path)  # fmt: skip
+
+    acc("full1", 0.9500, 450)
+    acc("lim30", 0.9000, 30, data="d2")  # a --limit 30 run: other samples, no change computed against it
+    acc("full2", 0.9550, 450)
+    acc("night", 0.9550, 450)
+    results.append("nightly", {"nightly_run": "N1", "cell": "nucleo-f746:digits_cnn", "accuracy_run_id": "night"},
+                   tmp_path)  # fmt: skip
+    results.append("nightly_runs", {"run_id": "N1", "matrix": "t", "exit_code": 0}, tmp_path)
+    argv = ["history", "--board", "nucleo-f746", "--model", "digits_cnn", "--metric", "accuracy",
+            "--results", str(tmp_path), "--plot", str(tmp_path / "a.png")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    # one block (or row) per run, whatever layout 80 columns get
+    name = re.compile(r"full1|lim30|full2|night")
+    runs = {name.search(b).group(0): " ".join(b.split()) for b in re.split(r"──|\n(?=│)", out) if name.search(b)}
+    assert " 30 " in runs["lim30"] and " pt" not in runs["lim30"]  # the first run over its samples
+    assert "+0.50 pt" in runs["full2"]  # against full1, over the same 450 samples, not the --limit run
+    assert all(w in runs["night"] for w in (" N1 ", " 450 ", "+0.00 pt"))
+    assert main([*argv, "--nightly-only", "--csv"]) == 0
+    (row,) = _csv_rows(capsys.readouterr().out)
+    assert (row["run_id"], row["nightly_run"], row["samples"], row["accuracy"]) == ("night", "N1", "450", "95.5")
