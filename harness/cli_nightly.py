@@ -74,15 +74,21 @@ def register(subparsers) -> None:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
+    import contextlib
+
     from harness.cli import _print_json, console, err_console
     from harness.errors import HarnessError
     from harness.nightly import EXIT_BROKEN, run_nightly
 
-    say = err_console.print if args.json else console.print
+    # at a terminal a live line says what each running cell is doing; a log gets the finished cells only
+    live = console.status("starting") if console.is_terminal and not args.json else contextlib.nullcontext()
     try:
-        run = run_nightly(
-            args.matrix, max(1, args.jobs), args.results, args.baseline, args.build_dir, say=say, resume=args.resume
-        )
+        with live as st:
+            say = err_console.print if args.json else console.print
+            run = run_nightly(
+                args.matrix, max(1, args.jobs), args.results, args.baseline, args.build_dir, say=say,
+                resume=args.resume, status=None if st is None else (lambda text: st.update(text)),
+            )  # fmt: skip
     except HarnessError as e:  # the run itself broke: exit 2 (the CLI's HarnessError path also gives 2)
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)
         return EXIT_BROKEN

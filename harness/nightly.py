@@ -276,11 +276,20 @@ def safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key)
 
 
-def run_cell(cell: Cell, run_id: str, matrix: str, results_dir: str | None, build_dir: str | None) -> dict[str, Any]:
-    """Benchmark one cell (and its accuracy when it names a data set); never raises for a failed cell."""
+def run_cell(
+    cell: Cell,
+    run_id: str,
+    matrix: str,
+    results_dir: str | None,
+    build_dir: str | None,
+    stage: Callable[[str], None] = lambda _s: None,
+) -> dict[str, Any]:
+    """Benchmark one cell (and its accuracy when it names a data set); never raises for a failed cell.
+    `stage` hears what it is doing (building, input 3/10, accuracy 40/450) as it goes."""
     from harness.bench import BenchOptions, run_bench
 
     start = time.monotonic()
+    stage("generating and building")
     tag = {"run_id": run_id, "matrix": matrix, "cell": cell.key}
     res: dict[str, Any] = {**_cell_head(cell, run_id, matrix), "status": "failed", "metrics": {}}
     opts = BenchOptions(
@@ -300,7 +309,7 @@ def run_cell(cell: Cell, run_id: str, matrix: str, results_dir: str | None, buil
         fuse=cell.fuse,
     )
     try:
-        rec = run_bench(opts)
+        rec = run_bench(opts, step=lambda what, *_a, **_k: stage(what))
         rec.pop("result_file", None)
         results.append("bench", {**rec, "nightly": tag}, results_dir)
         res["bench_run_id"] = rec["run_id"]
@@ -308,7 +317,8 @@ def run_cell(cell: Cell, run_id: str, matrix: str, results_dir: str | None, buil
         res["target"] = rec.get("target", cell.target)
         res["metrics"] = bench_metrics(rec)
         if cell.dataset:
-            _accuracy(cell, res, results_dir, build_dir)
+            stage(f"accuracy on {cell.dataset}: building")
+            _accuracy(cell, res, results_dir, build_dir, lambda n, total: stage(f"accuracy {n}/{total}"))
         res["status"] = "ok"
     except Exception as e:  # a cell never takes the run down: record why and move on
         res["error"] = type(e).__name__
@@ -391,7 +401,7 @@ def count_resolution(rec: dict[str, Any]) -> float:
         return 1.0
 
 
-def _accuracy(cell: Cell, res: dict[str, Any], results_dir: str | None, build_dir: str | None) -> None:
+def _accuracy(cell: Cell, res: dict[str, Any], results_dir: str | None, build_dir: str | None, on_sample=None) -> None:
     from harness.accuracy import run_accuracy
 
     rep = run_accuracy(
@@ -408,6 +418,7 @@ def _accuracy(cell: Cell, res: dict[str, Any], results_dir: str | None, build_di
         progress=False,
         write_report=False,
         engine_name=cell.engine,
+        on_sample=on_sample,
     )
     figs = rep["figures"]
     res["accuracy_run_id"] = rep["run_id"]
@@ -435,10 +446,27 @@ class OutputsDiffer(HarnessError):
 def _worker(cell: Cell, run_id: str, matrix: str, results_dir: str | None, build_dir: str | None, out: str) -> None:
     os.setsid()  # a process group of its own: a hung cell is killed with its QEMU
     die_with_parent()  # a killed nightly leaves no worker writing records (its QEMU goes with it)
-    res = run_cell(cell, run_id, matrix, results_dir, build_dir)
+    res = run_cell(cell, run_id, matrix, results_dir, build_dir, lambda what: _write_stage(out, what))
     tmp = Path(out + ".tmp")
     tmp.write_text(json.dumps(res, default=str))
     tmp.replace(out)
+
+
+def _write_stage(out: str, what: str) -> None:
+    """The cell's current stage beside its result file, for the coordinator's status line (best effort)."""
+    try:
+        tmp = Path(out + ".stage.tmp")
+        tmp.write_text(what)
+        tmp.replace(out + ".stage")
+    except OSError:
+        pass
+
+
+def _read_stage(out: Path) -> str:
+    try:
+        return Path(str(out) + ".stage").read_text()
+    except OSError:
+        return "starting"
 
 
 def run_cells(
@@ -450,9 +478,11 @@ def run_cells(
     build_dir: str | None,
     work: Path,
     say: Say,
+    status: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell, `jobs` at a time, each in its own process; cells that may use a physical board never
-    overlap another cell on the same board. Each cell's line is appended to nightly.jsonl as it finishes."""
+    overlap another cell on the same board. Each cell's line is appended to nightly.jsonl as it finishes;
+    `status`, if given, hears every second what each running cell is doing."""
     ctx = multiprocessing.get_context("fork")
     work.mkdir(parents=True, exist_ok=True)
     pending = list(cells)
@@ -469,6 +499,7 @@ def run_cells(
             pending.remove(c)
             out = work / f"{safe_name(c.key)}.json"
             out.unlink(missing_ok=True)
+            Path(str(out) + ".stage").unlink(missing_ok=True)
             p = ctx.Process(target=_worker, args=(c, run_id, matrix, results_dir, build_dir, str(out)), daemon=False)
             p.start()
             running[p.sentinel] = (p, c, time.monotonic() + c.cell_timeout, out)
@@ -477,6 +508,12 @@ def run_cells(
         if not running:
             continue
         wait = max(0.05, min(d for _, _, d, _ in running.values()) - time.monotonic())
+        if status is not None:
+            wait = min(wait, 1.0)
+            now = time.monotonic()
+            status(f"[{len(done)}/{total} done] " + "; ".join(
+                f"{c.key}: {_read_stage(o)} ({now - (d - c.cell_timeout):.0f} s)" for _, c, d, o in running.values()
+            ))  # fmt: skip
         ready = multiprocessing.connection.wait(list(running), timeout=wait)
         now = time.monotonic()
         for s in list(running):
@@ -808,6 +845,7 @@ def run_nightly(
     say: Say = lambda _m: None,
     reports: bool = True,
     resume: str | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> NightlyRun:
     """Run the matrix, judge it, write the reports; the exit code is in the returned run. `resume`: the id
     of a run that never finished (killed): its recorded cells are kept and only the others run."""
@@ -828,7 +866,8 @@ def run_nightly(
     todo = [c for c in matrix.cells if c.key not in kept]
     try:
         ran = {
-            c["cell"]: c for c in run_cells(todo, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say)
+            c["cell"]: c
+            for c in run_cells(todo, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say, status)
         }
     except KeyboardInterrupt:
         # Ctrl-C: a report of the cells that finished, so the time spent is not lost. The run is not

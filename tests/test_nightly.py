@@ -4,6 +4,7 @@ scheduler (a hung cell is killed and recorded while the others complete) with a 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -245,10 +246,14 @@ def test_baseline_accept_cli(tmp_path, capsys):
 # --- the scheduler, with a stand-in bench ----------------------------------------------------------------
 
 
-def _stand_in(cell, run_id, matrix, results_dir, build_dir):
-    """What run_cell returns, without building anything: 'hang' sleeps past its cell_timeout."""
+def _stand_in(cell, run_id, matrix, results_dir, build_dir, stage=lambda _s: None):
+    """What run_cell returns, without building anything: 'hang' sleeps past its cell_timeout, 'slow' says
+    its stage and takes 2.5 s."""
     if cell.model.startswith("hang"):
         time.sleep(60)
+    if cell.model.startswith("slow"):
+        stage("input 3/10: 1 warm-up + 5 timed")
+        time.sleep(2.5)
     return {**nightly._cell_head(cell, run_id, matrix), "status": "ok", "metrics": qemu(instructions=7)["metrics"],
             "seconds": 0.0, "pid": __import__("os").getpid()}  # fmt: skip
 
@@ -271,11 +276,20 @@ def test_a_hung_cell_is_killed_and_recorded_while_the_others_complete(tmp_path, 
     assert len(lines) == 4
 
 
+def test_a_running_cell_says_what_it_is_doing(tmp_path, monkeypatch):
+    monkeypatch.setattr(nightly, "run_cell", _stand_in)
+    cells = [Cell("qemu-m4", "slow.tflite"), Cell("qemu-m4", "m0.tflite")]
+    seen: list[str] = []
+    nightly.run_cells(cells, "R", "t", 2, str(tmp_path / "r"), None, tmp_path / "w", lambda _m: None, seen.append)
+    assert any(re.search(r"^\[1/2 done\] qemu-m4:slow\.tflite: input 3/10: 1 warm-up \+ 5 timed \(\d+ s\)$", s)
+               for s in seen), seen  # fmt: skip
+
+
 def test_cells_on_one_physical_board_never_overlap(tmp_path, monkeypatch):
     spans = tmp_path / "spans"
     spans.mkdir()
 
-    def timed(cell, run_id, matrix, results_dir, build_dir):
+    def timed(cell, run_id, matrix, results_dir, build_dir, stage):
         t0 = time.time()
         time.sleep(0.3)
         (spans / cell.model).write_text(f"{t0} {time.time()} {cell.board}")
