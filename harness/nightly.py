@@ -693,6 +693,7 @@ def _check(metric: str, kind: str, value: float, base: float, limit: float, reso
         "metric": metric,
         "value": value,
         "baseline": base,
+        "band": band if kind == "pct" else limit,  # how far from the baseline is within the threshold
         "delta": delta,
         "delta_pct": pct,
         "allowed": allowed,

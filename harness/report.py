@@ -47,7 +47,7 @@ METRIC_LABEL = {
     "accuracy": "top-1 accuracy (%)",
 }
 HISTORY_RUNS = 30  # runs shown in the trend plots
-ABSOLUTE = {"accuracy": "%", RATIO: "x (dashed: parity)"}  # plotted as they are, with this y label
+ABSOLUTE = {"accuracy": "%", RATIO: "x"}  # plain tick labels (counts and bytes get k / M)
 
 
 # --- text pieces -------------------------------------------------------------------------------------------
@@ -247,44 +247,107 @@ def nightly_history(
     return df[df["run"].isin(runs)]
 
 
-def trend_plots(df, out_dir: Path) -> dict[str, Path]:
-    """One PNG per metric: each cell's value across runs, as % change from its first run shown (cells differ by
-    orders of magnitude; the change is what a night's reader needs). Accuracy and the native / TFLM ratio are
-    plotted as they are (they share a scale, and their level is the news)."""
+def run_time(run_id: str):
+    """The UTC time a nightly run id starts with (20260101T000000Z-...), else None."""
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def baseline_bands(cells: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(cell, metric) -> (baseline value, the distance from it that is within the threshold)."""
+    return {
+        (c["cell"], x["metric"]): (float(x["baseline"]), float(x["band"]))
+        for c in cells
+        for x in c["verdict"]["checks"]
+        if "band" in x
+    }
+
+
+def _si(v: float, _pos=None) -> str:
+    for div, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(v) >= div:
+            return f"{v / div:.4g}{suffix}"
+    return f"{v:.4g}"
+
+
+def trend_plots(df, out_dir: Path, bands: dict[tuple[str, str], tuple[float, float]] | None = None) -> dict[str, Path]:
+    """One PNG per metric, small multiples: a panel per model (with its engine and options), a line per board,
+    dates on x, and the baseline with its threshold band shaded, so a point outside the band is what the
+    verdict called a regression or an improvement. Figures are plotted as they are: one model's boards share
+    a scale, and the band gives a flat line an honest axis."""
+    import math
+    from datetime import timedelta
+
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     out: dict[str, Path] = {}
     if df.empty:
         return out
+    bands = bands or {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = sorted(df["run"].unique())
-    pos = {r: i for i, r in enumerate(runs)}
+    df = df.assign(
+        board=df["cell"].str.split(":").str[0],
+        panel=df["cell"].map(lambda c: c.split(":", 1)[1] if ":" in c else c),
+        when=df["run"].map(run_time),
+    )
+    dated = df["when"].notna().all()
+    boards = sorted(df["board"].unique())
+    colour = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(boards)}
     for metric in TREND_METRICS:
         sub = df[df["metric"] == metric]
         if sub.empty:
             continue
-        fig, ax = plt.subplots(figsize=(9, 4.2), dpi=90)
-        for cell, g in sub.groupby("cell", sort=True):
-            g = g.sort_values("run")
-            x = [pos[r] for r in g["run"]]
-            y = g["value"].to_numpy()
-            if metric not in ABSOLUTE:
-                y = 100.0 * (y - y[0]) / y[0] if y[0] else y * 0
-            ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=cell)
-        if metric == RATIO:
-            ax.axhline(1.0, color="0.4", linestyle="--", linewidth=0.8)  # parity with TFLM + CMSIS-NN
-        # left-aligned: a long title then runs over the legend's side, not off the figure's left edge
-        title = METRIC_LABEL[metric] + ("" if metric in ABSOLUTE else ": change from the first run shown")
-        ax.set_title(title, loc="left")
-        ax.set_ylabel(ABSOLUTE.get(metric, "change (%)"))
-        ax.set_xticks(range(len(runs)))
-        ax.set_xticklabels([r[:15] for r in runs], rotation=30, ha="right", fontsize=7)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
+        panels = sorted(sub["panel"].unique())
+        cols = min(3, len(panels))
+        nrows = math.ceil(len(panels) / cols)
+        # never narrower than two panels: the title and the legend need the width
+        width, height = max(4.3 * cols, 8.6), 2.6 * nrows + 0.7
+        fig, axes = plt.subplots(nrows, cols, figsize=(width, height), dpi=90, squeeze=False)
+        runs = sorted(sub["run"].unique())
+        for ax, panel in zip(axes.flat, panels, strict=False):
+            for (board, cell), g in sub[sub["panel"] == panel].groupby(["board", "cell"], sort=True):
+                g = g.sort_values("run")
+                x = g["when"] if dated else g["run"].map(runs.index)
+                ax.plot(x, g["value"], marker="o", markersize=4, linewidth=1.2, color=colour[board], label=board)
+                if (cell, metric) in bands:
+                    base, band = bands[(cell, metric)]
+                    ax.axhspan(base - band, base + band, color=colour[board], alpha=0.13, linewidth=0)
+                    ax.axhline(base, color=colour[board], linewidth=0.8, linestyle="--")
+            lo, hi = ax.get_ylim()
+            mid = (lo + hi) / 2
+            least = 1.0 if metric == "accuracy" else 0.01 * abs(mid) or 1.0  # a flat line: +-1 % (1 point)
+            if hi - lo < least:
+                ax.set_ylim(mid - least / 2, mid + least / 2)
+            if metric == RATIO:
+                ax.axhline(1.0, color="0.4", linestyle=":", linewidth=0.8)  # parity with TFLM + CMSIS-NN
+            ax.set_title(panel, fontsize=9, loc="left")
+            ax.yaxis.set_major_formatter(FuncFormatter(_si if metric not in ABSOLUTE else lambda v, _p: f"{v:.4g}"))
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if dated:
+                first, last = sub["when"].min(), sub["when"].max()
+                pad = max((last - first) * 0.08, timedelta(hours=12))
+                ax.set_xlim(first - pad, last + pad)
+                loc = mdates.AutoDateLocator(minticks=2, maxticks=6)
+                ax.xaxis.set_major_locator(loc)
+                ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.set_visible(False)
+        handles = [plt.Line2D([], [], color=colour[b], marker="o", linewidth=1.2) for b in boards]
+        fig.suptitle(f"{METRIC_LABEL[metric]}; dashed: baseline, shaded: its threshold band",
+                     x=0.01, y=1 - 0.06 / height, ha="left", va="top", fontsize=10)  # fmt: skip
+        fig.legend(handles, boards, loc="upper left", bbox_to_anchor=(0.0, 1 - 0.3 / height),
+                   ncol=min(len(boards), 6), fontsize=8, frameon=False)  # fmt: skip
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.62 / height))
         path = out_dir / f"trend_{metric}.png"
         fig.savefig(path)
         plt.close(fig)
@@ -519,7 +582,8 @@ def pivots(cells: list[dict[str, Any]]) -> list[tuple[str, list[str], list[tuple
 def write_nightly_reports(run: dict[str, Any], results_dir: str | Path | None, out_dir: Path) -> dict[str, Path]:
     """report.html, summary.md, junit.xml, cells.csv and the trend PNGs under results/nightly/<run id>/."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = trend_plots(nightly_history(run["matrix"], results_dir, current_run=run["run_id"]), out_dir / "plots")
+    history = nightly_history(run["matrix"], results_dir, current_run=run["run_id"])
+    plots = trend_plots(history, out_dir / "plots", baseline_bands(run["cells"]))
     files = {
         "markdown": out_dir / "summary.md",
         "junit": out_dir / "junit.xml",

@@ -127,6 +127,25 @@ def test_cells_csv_and_the_tables_by_model_and_board(tmp_path):
     assert "| `ad` | 1,500 |  |" in files["markdown"].read_text()
 
 
+def test_trend_plots_are_small_multiples_with_dates_and_the_baseline_band(tmp_path):
+    import struct
+
+    run = _three_runs(tmp_path)
+    bands = report.baseline_bands(run["cells"])
+    # the 0.1 % band of 1,000 instructions is one instruction, so the counter's tick (0 here) does not widen it
+    assert bands[("qemu-m4:ad", "instructions")] == (1000.0, 1.0)
+    assert bands[("qemu-m4:digits", "accuracy")] == (97.0, Thresholds().accuracy_points)
+    assert report.run_time("20260103T000000Z-000003").isoformat() == "2026-01-03T00:00:00+00:00"
+    assert report.run_time("R1") is None
+    history = report.nightly_history("t", tmp_path)
+    plots = report.trend_plots(history, tmp_path / "p", bands)
+    w, h = struct.unpack(">II", plots["instructions"].read_bytes()[16:24])
+    # a panel per model that has the metric (ad, digits; kws failed), in one row
+    assert (w, h) == (round(2 * 4.3 * 90), round((2.6 + 0.7) * 90))
+    one = report.trend_plots(history[history["cell"] == "qemu-m4:ad"], tmp_path / "q", bands)
+    assert struct.unpack(">I", one["instructions"].read_bytes()[16:20])[0] == round(8.6 * 90)  # never narrower
+
+
 def _bench(rdir, board, model, median, opt="-O2", nightly_run=None, status="ok"):
     rec = {"run_id": results.new_run_id(), "board": board, "model": model, "status": status, "options": {"opt": opt},
            "figures": {"count_source": "qemu-icount", "count_unit": "instructions", "count": {"median": median},
