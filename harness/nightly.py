@@ -527,6 +527,7 @@ def run_cells(
             else:
                 continue
             del running[s]
+            Path(str(out) + ".stage").unlink(missing_ok=True)
             done[c.key] = res
             results.append(CELLS_KIND, res, results_dir)
             say(_progress_line(len(done), total, res))

@@ -370,13 +370,13 @@ def metric_history(
              "latency_ms", "accuracy")  # fmt: skip
     if metric not in known:
         raise HarnessError(f"unknown metric {metric!r}; one of: {', '.join(known)}")
-    from harness.nightly import finished_runs
+    from harness.nightly import CELLS_KIND, finished_runs
 
     rows: list[dict[str, Any]] = []
     done = finished_runs(results_dir)
     if metric == "accuracy":
         # an accuracy record carries no nightly tag: the nightly's cell names the accuracy run it made
-        made_by = {c["accuracy_run_id"]: c.get("nightly_run") for c in results.read("nightly", results_dir)
+        made_by = {c["accuracy_run_id"]: c.get("nightly_run") for c in results.read(CELLS_KIND, results_dir)
                    if c.get("accuracy_run_id")}  # fmt: skip
         for r in results.read("accuracy", results_dir):
             if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):
