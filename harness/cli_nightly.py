@@ -58,7 +58,11 @@ def register(subparsers) -> None:
         "with no runs at all).",
     )
     h.add_argument("--board", required=True, help="a board from boards.toml, e.g. nucleo-f746")
-    h.add_argument("--model", required=True, help="the model as it was run: a zoo name (aliases too) or a .tflite")
+    h.add_argument(
+        "--model",
+        required=True,
+        help="a zoo name (aliases too) or a .tflite; runs of the same model file under another name count too",
+    )
     h.add_argument(
         "--metric",
         required=True,
@@ -216,21 +220,36 @@ def cmd_baseline_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_digest(model: str) -> str | None:
+    """The sha256 bench records for `model` (a zoo name or a .tflite), or None when it cannot be read here:
+    then history goes by name alone."""
+    from harness.bench import model_digest
+    from harness.errors import HarnessError
+    from harness.zoo import resolve_model
+
+    try:
+        return model_digest(resolve_model(model)[0])
+    except HarnessError:
+        return None
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from harness.cli import _print_csv, _table, console, show
     from harness.errors import HarnessError, did_you_mean
-    from harness.report import _same_model, fmt_value, history_plot, metric_history, recorded_models
+    from harness.report import _same_model, fmt_value, history_plot, metric_history, recorded_digests, recorded_models
 
+    digest = _model_digest(args.model)  # the same model file under another name is the same history
     known = recorded_models(args.results)
-    if not any(_same_model(m, args.model) for m in known):
+    if not any(_same_model(m, args.model) for m in known) and digest not in recorded_digests(args.results):
         names = sorted(known)
         raise HarnessError(
             f"no runs of model {args.model!r} are recorded{did_you_mean(args.model, names)}; "
             + (f"recorded models: {', '.join(names)}" if names else "the results store is empty")
         )
     rows = metric_history(
-        args.board, args.model, args.metric, args.results, opt=args.opt, nightly_only=args.nightly_only
-    )
+        args.board, args.model, args.metric, args.results, opt=args.opt, nightly_only=args.nightly_only,
+        digest=digest,
+    )  # fmt: skip
     plot = history_plot(rows, args.board, args.model, args.metric, args.results, args.plot) if rows else None
     if args.json:
         print(json.dumps({"board": args.board, "model": args.model, "metric": args.metric, "plot": plot and str(plot),

@@ -362,8 +362,10 @@ def metric_history(
     results_dir: str | Path | None = None,
     opt: str | None = None,
     nightly_only: bool = False,
+    digest: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every recorded value of `metric` for `model` on `board`, oldest first, from the bench and accuracy stores."""
+    """Every recorded value of `metric` for `model` on `board`, oldest first, from the bench and accuracy stores:
+    runs under its name (or an alias), and with `digest`, runs of the same model file under any name."""
     from harness.errors import HarnessError
 
     known = ("instructions", "cycles", "count", "peak_sram_bytes", "flash_bytes", "arena_bytes", "peak_stack_bytes",
@@ -379,7 +381,7 @@ def metric_history(
         made_by = {c["accuracy_run_id"]: c.get("nightly_run") for c in results.read(CELLS_KIND, results_dir)
                    if c.get("accuracy_run_id")}  # fmt: skip
         for r in results.read("accuracy", results_dir):
-            if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):
+            if r.get("status") != "ok" or r.get("board") != board or not _is_model(r, model, digest):
                 continue
             nightly_run = made_by.get(r["run_id"])
             if (nightly_only and not nightly_run) or (nightly_run and nightly_run not in done):
@@ -391,7 +393,7 @@ def metric_history(
                              "samples": f.get("samples"), "nightly_run": nightly_run, "opt": None})  # fmt: skip
         return rows
     for r in results.read("bench", results_dir):
-        if r.get("status") != "ok" or r.get("board") != board or not _same_model(r.get("model"), model):
+        if r.get("status") != "ok" or r.get("board") != board or not _is_model(r, model, digest):
             continue
         tag = r.get("nightly") or {}
         if nightly_only and not tag:
@@ -424,6 +426,16 @@ def _same_model(recorded: str | None, wanted: str) -> bool:
         return ALIASES.get(base, base)
 
     return recorded is not None and (recorded == wanted or canon(recorded) == canon(wanted))
+
+
+def _is_model(record: dict[str, Any], model: str, digest: str | None) -> bool:
+    return _same_model(record.get("model"), model) or (digest is not None and record.get("model_sha256") == digest)
+
+
+def recorded_digests(results_dir: str | Path | None = None) -> set[str]:
+    return {
+        r["model_sha256"] for k in ("bench", "accuracy") for r in results.read(k, results_dir) if r.get("model_sha256")
+    }
 
 
 def recorded_models(results_dir: str | Path | None = None) -> set[str]:

@@ -300,3 +300,24 @@ def test_accuracy_history_shows_samples_and_points_and_nightly_only_filters_it(c
     assert main([*argv, "--nightly-only", "--csv"]) == 0
     (row,) = _csv_rows(capsys.readouterr().out)
     assert (row["run_id"], row["nightly_run"], row["samples"], row["accuracy"]) == ("night", "N1", "450", "95.5")
+
+
+def test_history_keys_a_model_by_its_hash_as_well_as_its_name(tmp_path, capsys):
+    """The same model file under another name (a copy, a renamed export) is one history."""
+    from harness.bench import model_digest
+    from harness.zoo import resolve_model
+
+    digest = model_digest(resolve_model("digits_cnn")[0])
+    for run_id, name, sha in (("a", "digits_cnn", digest), ("b", "/data/renamed.tflite", digest),
+                              ("c", "other.tflite", "f" * 64)):  # fmt: skip
+        results.append("bench", {"status": "ok", "board": "nucleo-f746", "model": name, "run_id": run_id,
+                                 "model_sha256": sha, "figures": {"arena_bytes": 960}}, tmp_path)  # fmt: skip
+    argv = ["history", "--board", "nucleo-f746", "--metric", "arena_bytes", "--results", str(tmp_path), "--csv",
+            "--plot", str(tmp_path / "h.png")]  # fmt: skip
+    assert main([*argv, "--model", "digits_cnn"]) == 0
+    assert [r["run_id"] for r in _csv_rows(capsys.readouterr().out)] == ["a", "b"]
+    exported = tmp_path / "mine.tflite"  # never run under this name: found by its hash
+    assert main(["export", "digits_cnn", "-o", str(exported)]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--model", str(exported)]) == 0
+    assert [r["run_id"] for r in _csv_rows(capsys.readouterr().out)] == ["a", "b"]
