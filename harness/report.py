@@ -279,7 +279,6 @@ def trend_plots(df, out_dir: Path, bands: dict[tuple[str, str], tuple[float, flo
     dates on x, and the baseline with its threshold band shaded, so a point outside the band is what the
     verdict called a regression or an improvement. Figures are plotted as they are: one model's boards share
     a scale, and the band gives a flat line an honest axis."""
-    import math
     from datetime import timedelta
 
     import matplotlib
