@@ -27,11 +27,9 @@ def _print_json(data: Any) -> None:
 
 def _print_csv(columns: list[str], rows: list[list[Any]]) -> None:
     """Raw figures (no thousands separators, no units: the column says the unit) for a spreadsheet or pandas."""
-    import csv
+    from harness.report import csv_text
 
-    w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(columns)
-    w.writerows(["" if v is None else v for v in row] for row in rows)
+    print(csv_text(columns, rows), end="")
 
 
 def add_output_options(p: argparse.ArgumentParser, what: str) -> None:

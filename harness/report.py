@@ -312,6 +312,10 @@ def trend_plots(df, out_dir: Path, bands: dict[tuple[str, str], tuple[float, flo
         width, height = max(4.3 * cols, 8.6), 2.6 * nrows + 0.7
         fig, axes = plt.subplots(nrows, cols, figsize=(width, height), dpi=90, squeeze=False)
         runs = sorted(sub["run"].unique())
+        if dated:  # every panel over the same dates, with room at both ends (12 h around a single run)
+            first, last = sub["when"].min(), sub["when"].max()
+            pad = max((last - first) * 0.08, timedelta(hours=12))
+            span = (first - pad, last + pad)
         for ax, panel in zip(axes.flat, panels, strict=False):
             for (board, cell), g in sub[sub["panel"] == panel].groupby(["board", "cell"], sort=True):
                 g = g.sort_values("run")
@@ -333,9 +337,7 @@ def trend_plots(df, out_dir: Path, bands: dict[tuple[str, str], tuple[float, flo
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
             if dated:
-                first, last = sub["when"].min(), sub["when"].max()
-                pad = max((last - first) * 0.08, timedelta(hours=12))
-                ax.set_xlim(first - pad, last + pad)
+                ax.set_xlim(*span)
                 loc = mdates.AutoDateLocator(minticks=2, maxticks=6)
                 ax.xaxis.set_major_locator(loc)
                 ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
@@ -557,15 +559,19 @@ CELLS_CSV = ["cell", "board", "model", "engine", "opt", "target", "verdict", "co
              "reason"]  # fmt: skip
 
 
-def cells_csv(run: dict[str, Any]) -> str:
-    """One row per cell, raw figures (a spreadsheet's or pandas' input)."""
+def csv_text(columns: list[str], rows: list[list[Any]]) -> str:
+    """A header and the rows, raw (None as an empty field): a spreadsheet's or pandas' input."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CELLS_CSV)
-    for c in run["cells"]:
-        row = {**c, **c.get("metrics", {}), "verdict": c["verdict"]["status"]}
-        w.writerow(["" if row.get(k) is None else row[k] for k in CELLS_CSV])
+    w.writerow(columns)
+    w.writerows(["" if v is None else v for v in row] for row in rows)
     return buf.getvalue()
+
+
+def cells_csv(run: dict[str, Any]) -> str:
+    """One row per cell, raw figures."""
+    rows = [{**c, **c.get("metrics", {}), "verdict": c["verdict"]["status"]} for c in run["cells"]]
+    return csv_text(CELLS_CSV, [[r.get(k) for k in CELLS_CSV] for r in rows])
 
 
 PIVOT_METRICS = ("instructions", "cycles", RATIO, "peak_sram_bytes", "flash_bytes", "accuracy")
