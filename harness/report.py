@@ -295,7 +295,7 @@ def trend_plots(df, out_dir: Path, bands: dict[tuple[str, str], tuple[float, flo
     out_dir.mkdir(parents=True, exist_ok=True)
     df = df.assign(
         board=df["cell"].str.split(":").str[0],
-        panel=df["cell"].map(lambda c: c.split(":", 1)[1] if ":" in c else c),
+        panel=df["cell"].map(cell_model),
         when=df["run"].map(run_time),
     )
     dated = df["when"].notna().all()
@@ -433,15 +433,18 @@ def _is_model(record: dict[str, Any], model: str, digest: str | None) -> bool:
     return _same_model(record.get("model"), model) or (digest is not None and record.get("model_sha256") == digest)
 
 
+def _recorded(field: str, results_dir: str | Path | None) -> set[str]:
+    return {r[field] for kind in ("bench", "accuracy") for r in results.read(kind, results_dir) if r.get(field)}
+
+
 def recorded_digests(results_dir: str | Path | None = None) -> set[str]:
-    return {
-        r["model_sha256"] for k in ("bench", "accuracy") for r in results.read(k, results_dir) if r.get("model_sha256")
-    }
+    """Every model sha256 the bench and accuracy stores hold a record of."""
+    return _recorded("model_sha256", results_dir)
 
 
 def recorded_models(results_dir: str | Path | None = None) -> set[str]:
     """Every model name the bench and accuracy stores hold a record of."""
-    return {r["model"] for kind in ("bench", "accuracy") for r in results.read(kind, results_dir) if r.get("model")}
+    return _recorded("model", results_dir)
 
 
 def history_plot(
@@ -574,6 +577,11 @@ def cells_csv(run: dict[str, Any]) -> str:
     return csv_text(CELLS_CSV, [[r.get(k) for k in CELLS_CSV] for r in rows])
 
 
+def cell_model(key: str) -> str:
+    """A cell key without its board: the model with its engine and options (board:model[:engine][:opt])."""
+    return key.split(":", 1)[1] if ":" in key else key
+
+
 PIVOT_METRICS = ("instructions", "cycles", RATIO, "peak_sram_bytes", "flash_bytes", "accuracy")
 
 
@@ -585,7 +593,7 @@ def pivots(cells: list[dict[str, Any]]) -> list[tuple[str, list[str], list[tuple
     for metric in PIVOT_METRICS:
         rows: dict[str, dict[str, str]] = {}
         for c in cells:
-            variant = c["cell"].split(":", 1)[1] if ":" in c["cell"] else c["model"]
+            variant = cell_model(c["cell"])
             value = c.get("metrics", {}).get(metric)
             if value is not None:
                 rows.setdefault(variant, {})[c["board"]] = fmt_value(metric, value)
