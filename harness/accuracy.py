@@ -422,20 +422,20 @@ def _run_samples(
 
 
 BATCH = 32  # samples a RUN_STAGED request runs (records are appended once a batch is in)
-_GRAPH = None  # the reference process's graph
+_GRAPH = None  # the reference process's graph, prepared once
 
 
 def _reference_init(graph) -> None:
     global _GRAPH
+    from harness import reference
+
     # killed with the run: a kill -9 of `harness accuracy` otherwise left a reference worker behind
     die_with_parent()
-    _GRAPH = graph
+    _GRAPH = reference.Prepared(graph)
 
 
 def _reference(x):
-    from harness import reference
-
-    return reference.run(_GRAPH, [x])
+    return _GRAPH.run([x])
 
 
 def _reference_pool(graph, jobs: int) -> ProcessPoolExecutor:

@@ -352,7 +352,11 @@ def _bench(opts: BenchOptions, board, graph, record: dict[str, Any], say: Say, s
     input_sets = random_inputs(engine.spec.inputs, opts.inputs, opts.seed)
     step("reference outputs")
     record["expected_from"] = "numpy reference (bit-exact with TFLite)" if oracle is None else "TFLite interpreter"
-    expected = [(oracle or reference.run)(engine.interior, xs) for xs in input_sets]
+    if oracle is None:
+        prepared = reference.Prepared(engine.interior)
+        expected = [prepared.run(xs) for xs in input_sets]
+    else:
+        expected = [oracle(engine.interior, xs) for xs in input_sets]
     deviations: list[str] = []
     counts: list[int] = []
     layer_ends: list[list[int]] = []
