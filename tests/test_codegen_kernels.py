@@ -6,6 +6,7 @@ reference and the interpreter) are in test_codegen_models.py."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -135,6 +136,10 @@ CONV_CASES = [
     ((7, 8, 3), 6, (3, 3), (1, 1), (1, 1), "SAME", True, 2),
     ((10, 9, 4), 4, (5, 5), (1, 1), (2, 2), "SAME", True, 1),
     ((9, 8, 5), 5, (7, 7), (1, 1), (1, 1), "SAME", True, 1),  # > 25 taps: the per-channel loop
+    # widened rows (tk_dwp_spec): 3x3 stride 1 at least 16 wide; 5x5 stride 2 and VALID, odd widths
+    ((18, 17, 6), 6, (3, 3), (1, 1), (1, 1), "SAME", True, 1),
+    ((12, 11, 5), 5, (5, 5), (2, 2), (1, 1), "SAME", True, 1),
+    ((9, 14, 3), 3, (5, 5), (1, 2), (1, 1), "VALID", True, 1),
     ((7, 7, 3), 6, (5, 5), (2, 2), (1, 1), "SAME", True, 2),
     # one input channel: a multiplier is a CONV_2D (person_detect's first layer), odd output count too
     ((9, 10, 1), 8, (3, 3), (2, 2), (1, 1), "SAME", True, 8),
@@ -229,12 +234,36 @@ def test_add_general_rescaling_and_broadcast(shape2, in1_rq, fast, table, tmp_pa
     p = P.AddParams(-3, 9, 1, 20, *in1_rq, 1908874354, -2, 1431655765, -19, -120, 100)
     table.by_op[id(op)] = p
     host = HostModel(g, cache_dir=tmp_path)
-    assert f".fast = {fast}" in (host.codegen.out_dir / "model.c").read_text()
+    code = (host.codegen.out_dir / "model.c").read_text()
+    if shape2 == (1, 5, 6, 7):  # same shapes: the per-input tables, whose output path is short here
+        assert re.search(r"tk_add_lut\([^;]*, 1\);", code)
+    else:
+        assert f".fast = {fast}" in code
     a = rng.integers(-128, 128, size=(1, 5, 6, 7), dtype=np.int8)
     b = rng.integers(-128, 128, size=shape2, dtype=np.int8)
     sa = mbqm((a.astype(I32) + p.input1_offset) << p.left_shift, p.input1_multiplier, p.input1_shift)
     sb = mbqm((b.astype(I32) + p.input2_offset) << p.left_shift, p.input2_multiplier, p.input2_shift)
     want = np.clip(mbqm(sa + sb, p.output_multiplier, p.output_shift) + 1, -120, 100).astype(np.int8)
+    assert np.array_equal(host.run([a, b])[0], want)
+
+
+def test_add_tables_take_the_general_output_path_where_the_short_one_is_not_proven(table, tmp_path):
+    """An output shift > 0 rules out tk_add_lut's short path: the sum goes through the full MBQM."""
+    rng = np.random.default_rng(3)
+    shape = (1, 4, 5, 6)
+    tensors = [Tensor(n, shape, "int8", q(0.05, 3)) for n in ("a", "b", "y")]
+    op = Op("ADD", [0, 1], [2], {}, name="add")
+    g = Graph("add", tensors, [op], [0, 1], [2])
+    p = P.AddParams(-3, 9, 1, 0, 1518500250, -1, 1073741824, 0, 1073741824, 1, -120, 100)
+    table.by_op[id(op)] = p
+    host = HostModel(g, cache_dir=tmp_path)
+    assert re.search(r"tk_add_lut\([^;]*, 0\);", (host.codegen.out_dir / "model.c").read_text())
+    a = rng.integers(-128, 128, size=shape, dtype=np.int8)
+    b = rng.integers(-128, 128, size=shape, dtype=np.int8)
+    sa = mbqm(a.astype(I32) + p.input1_offset, p.input1_multiplier, p.input1_shift)
+    sb = mbqm(b.astype(I32) + p.input2_offset, p.input2_multiplier, p.input2_shift)
+    want = np.clip(mbqm(sa + sb, p.output_multiplier, p.output_shift) + 1, -120, 100).astype(np.int8)
+    assert len(np.unique(want)) > 50  # not saturated: the rounding is what is tested
     assert np.array_equal(host.run([a, b])[0], want)
 
 

@@ -230,6 +230,42 @@ def spec_graph(rng):
 
 
 @pytest.mark.parametrize("cpu,machine", CPUS)
+def test_depthwise_over_widened_rows_on_arm_matches_the_reference(cpu, machine, monkeypatch, tmp_path):
+    """The depthwise layers tk_dwp_spec takes over whole tensors: 3x3 stride 1 at 17 wide, 5x5 stride 2,
+    7x7 and 5x5 VALID, on 5 channels, with a clamped activation. SMLAD on unaligned words on M4 and M7,
+    portable C on M3; the outputs equal the numpy reference's byte for byte."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    from harness import reference
+    from harness.engines.native import planner, spec
+
+    rng = np.random.default_rng(12)
+    t = [Tensor("in", (1, 17, 17, 5), "int8", q(0.05, -7))]
+    ops, params = [], []
+    for k, stride, padding in [(3, 1, "SAME"), (5, 2, "SAME"), (7, 1, "SAME"), (5, 1, "VALID")]:
+        x = len(t) - 1
+        h = t[x].shape[1]
+        oh, pad = conv_out_size(h, k, stride, 1, padding)
+        assert spec.dw_by_rows(k, k, stride, oh, True)
+        t.append(Tensor(f"w{x}", (1, k, k, 5), "int8", q(0.01), rng.integers(-128, 128, (1, k, k, 5), dtype=np.int8)))
+        t.append(Tensor(f"b{x}", (5,), "int32", q(0.0005), rng.integers(-3000, 3000, 5, dtype=np.int32)))
+        t.append(Tensor(f"y{x}", (1, oh, oh, 5), "int8", q(0.05, 3)))
+        opts = {"stride": (stride, stride), "padding": padding, "depth_multiplier": 1}
+        ops.append(Op("DEPTHWISE_CONV_2D", [x, x + 1, x + 2], [x + 3], opts, name=f"dw{x}"))
+        mult, shift = rng.integers(2**30, 2**31 - 1, size=5), rng.integers(-12, -9, size=5)
+        params.append(P.ConvParams(7 if x == 0 else -3, 3, mult, shift, -100, 110, (stride,) * 2, (1, 1), (pad, pad)))
+    g = Graph("dw_rows", t, ops, [0], [len(t) - 1])
+    table = dict(zip((id(o) for o in ops), params, strict=True))
+    monkeypatch.setattr(P, "derive", lambda graph, op: table[id(op)])
+    monkeypatch.setattr(planner, "inplace_candidates", lambda graph: [])  # in place is another kernel
+    cg = generate(g, tmp_path / "gen", dsp=cpu != "cortex-m3", fuse=False)
+    assert (tmp_path / "gen" / "model.c").read_text().count("tk_dwp_spec(") == len(ops)
+    x = rng.integers(-128, 128, size=(1, 17, 17, 5), dtype=np.int8)
+    want = np.asarray(reference.run(g, [x])[0]).reshape(cg.outputs[0].shape)
+    assert len(np.unique(want)) > 3
+    assert np.array_equal(run_bare_metal(cg, x, cpu, machine, tmp_path), want)
+
+
+@pytest.mark.parametrize("cpu,machine", CPUS)
 @pytest.mark.parametrize("wide", [False, True], ids=["int8-weights", "wide-weights"])
 def test_specialised_layers_on_arm_match_the_reference(cpu, machine, wide, monkeypatch, tmp_path):
     """Every layer of spec_graph takes a tk_spec.h template (asm SMLAD paths on M4/M7, portable C on

@@ -450,11 +450,14 @@ TK_INLINE void tk_conv_spec(const int8_t *in, int8_t *out, const int32_t *weight
                 } else {
                     tk_mm2x2(xb, w, G, acc);
                 }
-                out[oc] = tk_act(TK_CONV_RQ(acc[0], c0), lo, hi);
-                out[OC + oc] = tk_act(TK_CONV_RQ(acc[2], c0), lo, hi);
+                /* copied before the first store: an int8_t store may alias them, and gcc would reload
+                 * both channels' constants for the second pixel */
+                const tk_ch_t q0 = *c0, q1 = *c1;
+                out[oc] = tk_act(TK_CONV_RQ(acc[0], &q0), lo, hi);
+                out[OC + oc] = tk_act(TK_CONV_RQ(acc[2], &q0), lo, hi);
                 if (two) {
-                    out[oc + 1] = tk_act(TK_CONV_RQ(acc[1], c1), lo, hi);
-                    out[OC + oc + 1] = tk_act(TK_CONV_RQ(acc[3], c1), lo, hi);
+                    out[oc + 1] = tk_act(TK_CONV_RQ(acc[1], &q1), lo, hi);
+                    out[OC + oc + 1] = tk_act(TK_CONV_RQ(acc[3], &q1), lo, hi);
                 }
             } else {
                 int32_t acc[2] = {c0->bias, c1->bias};
@@ -504,6 +507,34 @@ TK_INLINE void tk_fc_spec(const int8_t *in, int8_t *out, const int32_t *weights,
                 out[oc + 1] = tk_act(tk_rq1(acc[1], &c[1]), lo, hi);
             }
         }
+    }
+}
+
+/* --- ADD of two tensors of one shape, through a table per input ------------------------------- */
+
+/* TFLite rescales each input to a common scale (offset, left shift, multiplier, right shift): a function
+ * of the byte alone, so the generator tabulates it, 256 words per input indexed by the signed byte. With
+ * FAST it has proven |sum| < 2^30 and stored the values doubled: the output's SRDHM is one SMMULR and its
+ * rounding shift (by E = -shift) the short form. Otherwise the sum takes the general tk_mbqm. */
+TK_INLINE void tk_add_lut(const int32_t *la, const int32_t *lb, const int8_t *a, const int8_t *b, int8_t *out,
+                          int32_t n, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi, int32_t FAST)
+{
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t sum = (int32_t)((uint32_t)la[a[i]] + (uint32_t)lb[b[i]]);
+        int32_t y;
+        if (FAST) {
+#if defined(__ARM_FEATURE_DSP)
+            __asm__("smmulr %0, %1, %2" : "=r"(y) : "r"(sum), "r"(mult));
+#else
+            y = (int32_t)(((int64_t)sum * (int64_t)mult + ((int64_t)1 << 31)) >> 32);
+#endif
+            if (shift < 0) {
+                y = (y + (int32_t)((uint32_t)1 << (-shift - 1)) + (y >> 31)) >> -shift;
+            }
+        } else {
+            y = tk_mbqm(sum, mult, shift);
+        }
+        out[i] = tk_act(y + zp, lo, hi);
     }
 }
 
@@ -643,6 +674,141 @@ TK_INLINE void tk_dw_spec_row(const int8_t *in, int8_t *out, const int32_t *w, c
             }
             out[c] = tk_act(tk_rq2d(acc, &ch[c]), lo, hi);
         }
+    }
+}
+
+/* --- depthwise (multiplier 1), one channel at a time over halfword rows ------------------------ */
+
+/* SMLAD sums two products into one accumulator, so in a depthwise layer it must pair two taps of one
+ * channel: in NHWC they are C bytes apart. These kernels therefore widen, per channel, the KH input rows
+ * a window reaches into halfword rows with the padding written in as the raw zero point (the folded bias
+ * counts a padded tap as the zero point, see tk_conv.c), so every window is inside and two adjacent taps
+ * are one (unaligned) word load. Weights per channel, per kernel row, are halfword pairs doubled as
+ * tk_rq2d wants, an odd last tap paired with 0 (the row holds one halfword more, so that load stays in
+ * it). Outputs go four at a time: neighbouring windows share loads, and the channel's requantization
+ * constants stay in registers. */
+
+/* One halfword row of a channel: n values of the input C bytes apart, at `at`, zero point elsewhere. */
+TK_INLINE void tk_dwp_fill(int16_t *d, const int8_t *src, int32_t PW, int32_t PL, int32_t n, int32_t C, int32_t zp)
+{
+    for (int32_t i = 0; i < PL && i < PW; i++) {
+        d[i] = (int16_t)zp;
+    }
+#pragma GCC unroll 4
+    for (int32_t i = 0; i < n; i++) {
+        d[PL + i] = src[i * C];
+    }
+    for (int32_t i = PL + n; i < PW; i++) {
+        d[i] = (int16_t)zp;
+    }
+}
+
+/* Row `iy` of channel c into d, from a whole tensor or a ring (RIN rows; 0: whole); a row outside the
+ * input is all zero point. */
+TK_INLINE void tk_dwp_row(int16_t *d, const int8_t *in, int32_t iy, int32_t c, int32_t IH, int32_t IW, int32_t C,
+                          int32_t PW, int32_t PL, int32_t zp, int32_t RIN)
+{
+    const int32_t n = IW < PW - PL ? IW : PW - PL; /* columns a window can reach */
+    if (iy < 0 || iy >= IH) {
+        for (int32_t i = 0; i < PW; i++) {
+            d[i] = (int16_t)zp;
+        }
+    } else {
+        tk_dwp_fill(d, TK_ROW(in, iy, RIN, IW * C) + c, PW, PL, n, C, zp);
+    }
+}
+
+TK_INLINE int32_t tk_ld2(const int16_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* NB outputs of one channel: x is the window of the first, in KH rows PW halfwords apart. */
+TK_INLINE void tk_dwp_block(const int16_t *x, const int32_t *wc, const tk_ch_t *chc, int8_t *y, int32_t NB,
+                            int32_t KH, int32_t KW, int32_t SW, int32_t PW, int32_t C, int32_t lo, int32_t hi)
+{
+    const int32_t KP = (KW + 1) / 2;
+    int32_t a[4] = {chc->bias, chc->bias, chc->bias, chc->bias};
+#pragma GCC unroll 7
+    for (int32_t ky = 0; ky < KH; ky++) {
+#pragma GCC unroll 4
+        for (int32_t k = 0; k < KP; k++) {
+            const int32_t wv = wc[ky * KP + k];
+#pragma GCC unroll 4
+            for (int32_t j = 0; j < NB; j++) {
+                a[j] = tk_smlad_(tk_ld2(x + ky * PW + j * SW + 2 * k), wv, a[j]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int32_t j = 0; j < NB; j++) {
+        y[j * C] = tk_act(tk_rq2d(a[j], chc), lo, hi);
+    }
+}
+
+/* One output row of channel c from its KH rows at x (outputs C bytes apart from y). */
+TK_INLINE void tk_dwp_outrow(const int16_t *x, const int32_t *wc, const tk_ch_t *chc, int8_t *y, int32_t OW,
+                             int32_t KH, int32_t KW, int32_t SW, int32_t PW, int32_t C, int32_t lo, int32_t hi)
+{
+    const tk_ch_t q = *chc; /* a local copy: the stores through int8_t pointers cannot alias it */
+    int32_t ox = 0;
+    for (; ox + 4 <= OW; ox += 4) {
+        tk_dwp_block(x + ox * SW, wc, &q, y + ox * C, 4, KH, KW, SW, PW, C, lo, hi);
+    }
+    if (OW % 4 >= 2) {
+        tk_dwp_block(x + ox * SW, wc, &q, y + ox * C, 2, KH, KW, SW, PW, C, lo, hi);
+        ox += 2;
+    }
+    if (OW % 2) {
+        tk_dwp_block(x + ox * SW, wc, &q, y + ox * C, 1, KH, KW, SW, PW, C, lo, hi);
+    }
+}
+
+/* The halfword row length: the columns the last window reaches, rounded up to pairs. */
+#define TK_DWP_PW(OW, KW, SW) (((OW) - 1) * (SW) + 2 * (((KW) + 1) / 2))
+
+/* A whole layer, channel by channel. A channel's rows form a ring of KH slots whose first KH - 1 are
+ * mirrored after the last, so the KH rows of any window are contiguous; each input row is widened once
+ * per channel. */
+TK_INLINE void tk_dwp_spec(const int8_t *in, int8_t *out, const int32_t *w, const tk_ch_t *ch, int32_t IH,
+                           int32_t IW, int32_t C, int32_t OH, int32_t OW, int32_t KH, int32_t KW, int32_t SH,
+                           int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi)
+{
+    const int32_t PW = TK_DWP_PW(OW, KW, SW), KP = (KW + 1) / 2;
+    int16_t buf[(2 * KH - 1) * PW];
+    for (int32_t c = 0; c < C; c++) {
+        int32_t next = 0; /* the first padded-input row not yet in the ring */
+        for (int32_t oy = 0; oy < OH; oy++) {
+            const int32_t v0 = oy * SH;
+            for (int32_t v = next > v0 ? next : v0; v < v0 + KH; v++) {
+                int16_t *slot = buf + (v % KH) * PW;
+                tk_dwp_row(slot, in, v - PT, c, IH, IW, C, PW, PL, zp, 0);
+                if (v % KH < KH - 1) {
+                    memcpy(slot + KH * PW, slot, (size_t)PW * 2);
+                }
+            }
+            next = v0 + KH;
+            tk_dwp_outrow(buf + (v0 % KH) * PW, w + c * KH * KP, ch + c, out + oy * OW * C + c, OW, KH, KW, SW,
+                          PW, C, lo, hi);
+        }
+    }
+}
+
+/* One output row `oy` of a depthwise layer in a fused group (input rows from a ring of RIN rows, or a
+ * whole tensor: RIN 0), written at `out`: each channel's KH rows are widened afresh. */
+TK_INLINE void tk_dwp_spec_row(const int8_t *in, int8_t *out, const int32_t *w, const tk_ch_t *ch, int32_t IH,
+                               int32_t IW, int32_t C, int32_t OW, int32_t KH, int32_t KW, int32_t SH, int32_t SW,
+                               int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi, int32_t RIN, int32_t oy)
+{
+    const int32_t PW = TK_DWP_PW(OW, KW, SW), KP = (KW + 1) / 2;
+    int16_t buf[KH * PW];
+    for (int32_t c = 0; c < C; c++) {
+        for (int32_t ky = 0; ky < KH; ky++) {
+            tk_dwp_row(buf + ky * PW, in, oy * SH - PT + ky, c, IH, IW, C, PW, PL, zp, RIN);
+        }
+        tk_dwp_outrow(buf, w + c * KH * KP, ch + c, out + c, OW, KH, KW, SW, PW, C, lo, hi);
     }
 }
 

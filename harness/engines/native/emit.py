@@ -301,7 +301,26 @@ def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, 
         return None
     (sh, sw), (pt, pl) = p.stride, p.pad
     zp = c_int(-p.input_offset)
-    if dw:
+    if dw and spec.dw_by_rows(kh, kw, sw, ow, rings is None):
+        packed = spec.pack_dw_rows(w.reshape(kh, kw, oc).astype(np.int8))
+        rows = rows * np.array([2, 1, 1, 1])  # tk_rq2d: doubled biases (pack_dw_rows doubles the weights)
+        decls = [c_array("int32_t", f"{ident}_w", packed)]
+        decls.append(_ch_array("tk_ch_t", f"{ident}_ch", rows))
+        if rings is None:
+            decls.append(
+                f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
+                f"    tk_dwp_spec(in, out, {ident}_w, {ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow},\n"
+                f"                {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)});\n}}\n"
+            )
+        else:
+            decls.append(
+                f"static __attribute__((noinline)) void {ident}_row(const int8_t *in, int8_t *out, int32_t oy)\n{{\n"
+                f"    tk_dwp_spec_row(in, TK_ROW(out, oy, {rings[1]}, {ow * oc}), {ident}_w, {ident}_ch, "
+                f"{ih}, {iw}, {ic}, {ow},\n"
+                f"                    {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)}, {rings[0]}, oy);\n}}\n"
+            )
+        nbytes = 4 * packed.size + 16 * len(rows)
+    elif dw:
         packed, tail = spec.pack_dw(w.reshape(kh * kw, oc).astype(np.int8))
         rows = rows * np.array([2, 1, 1, 1])  # tk_rq2d: doubled biases (pack_dw doubles the weights)
         decls = [c_array("int32_t", f"{ident}_w", packed if packed.size else np.zeros(1, np.int64))]
@@ -409,6 +428,8 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str, rings=None) -
         f"    .output_mult = {c_int(p.output_multiplier)}, .output_shift = {c_int(p.output_shift)}, "
         f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}, .fast = {int(fast)}\n}};\n"
     ]
+    if flat:
+        return _add_tables(p, ident, a, out, y, rings)
     if rings is None:
         return _Layer(decls, [f"tk_add(&{ident}, {a[0]}, {a[1]}, {out});"], 0, special=True)
     # fused: the same parameters over one row (the group only fuses ADDs without broadcast)
@@ -425,6 +446,40 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str, rings=None) -
     )
     decls = decls[1:]
     return _Layer(decls, [], 0, "row by row", special=True)
+
+
+def _add_tables(p: P.AddParams, ident: str, a: list[str], out: str, y, rings) -> _Layer:
+    """An ADD of two same-shape tensors as tk_add_lut: each input's rescaling, a function of its byte, as
+    a table made here by the reference's MultiplyByQuantizedMultiplier, as tk_add's general path."""
+    from harness import reference as R
+
+    v = np.arange(-128, 128, dtype=np.int64)
+    la = R.mbqm(R._wrap32((v + p.input1_offset) << p.left_shift), p.input1_multiplier, p.input1_shift)
+    lb = R.mbqm(R._wrap32((v + p.input2_offset) << p.left_shift), p.input2_multiplier, p.input2_shift)
+    # the short output path (tk_add_lut's FAST) needs shift <= 0 and every sum below 2^30
+    fast = p.output_shift <= 0 and int(np.abs(la).max() + np.abs(lb).max()) < 2**30
+    if fast:
+        la, lb = 2 * la, 2 * lb
+    decls = [c_array("int32_t", f"{ident}_la", la), c_array("int32_t", f"{ident}_lb", lb)]
+    args = (
+        f"{c_int(p.output_multiplier)}, {c_int(p.output_shift)}, {c_int(p.output_offset)}, "
+        f"{c_int(p.act_min)}, {c_int(p.act_max)}, {int(fast)}"
+    )
+    tables = f"{ident}_la + 128, {ident}_lb + 128"
+    if rings is None:
+        decls.append(
+            f"static __attribute__((noinline)) void {ident}_run(const int8_t *a, const int8_t *b, int8_t *out)\n"
+            f"{{\n    tk_add_lut({tables}, a, b, out, {y.size}, {args});\n}}\n"
+        )
+        return _Layer(decls, [f"{ident}_run({a[0]}, {a[1]}, {out});"], 8 * 256, special=True)
+    row = y.size // y.shape[1]
+    ra, rb, ro = rings
+    decls.append(
+        f"static __attribute__((noinline)) void {ident}_row(const int8_t *a, const int8_t *b, int8_t *out, int32_t y)\n"
+        f"{{\n    tk_add_lut({tables}, TK_ROW(a, y, {ra}, {row}), TK_ROW(b, y, {rb}, {row}),\n"
+        f"               TK_ROW(out, y, {ro}, {row}), {row}, {args});\n}}\n"
+    )
+    return _Layer(decls, [], 8 * 256, "row by row", special=True)
 
 
 def _pool(graph: Graph, op: Op, ident: str, a: list[str], out: str) -> _Layer:

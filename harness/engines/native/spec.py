@@ -141,6 +141,27 @@ def pack_dw(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return packed, np.ascontiguousarray(w[:, c4:]).reshape(-1)
 
 
+def dw_by_rows(kh: int, kw: int, sw: int, ow: int, whole: bool) -> bool:
+    """Whether a depthwise layer takes tk_dwp_spec (channel by channel over widened rows, two taps an
+    SMLAD) rather than tk_dw_spec (four channels a tap, in place in NHWC). Widening a row costs about two
+    instructions a value, so it pays where many taps share it: wide kernels (5x5 and up) over outputs at
+    least 5 wide, and, over a whole tensor (each row widened once), stride-1 layers at least 16 wide.
+    Measured on mcunet_vww and mlperf_vww_96, QEMU instructions: the 7x7 layers -20 to -37 %, 3x3 stride
+    1 at 40 and 48 wide -15 and -20 %; 3x3 in a fused group's rows (KH rows widened a row) +1 to +12 %."""
+    return (kh * kw >= 25 and ow >= 5) or (whole and sw == 1 and ow >= 16)
+
+
+def pack_dw_rows(w: np.ndarray) -> np.ndarray:
+    """[KH, KW, C] depthwise weights for tk_dwp_spec: per channel, per kernel row, halfword pairs of
+    adjacent taps (an odd last tap paired with 0), doubled (tk_rq2d; |2w| <= 256 fits a halfword)."""
+    kh, kw, c = w.shape
+    kp = (kw + 1) // 2
+    g = np.zeros((c, kh, 2 * kp), np.int64)
+    g[:, :, :kw] = 2 * w.astype(np.int64).transpose(2, 0, 1)
+    lo, hi = g[:, :, 0::2] & 0xFFFF, g[:, :, 1::2] & 0xFFFF
+    return (lo | (hi << 16)).astype(np.uint32).astype(np.int32).astype(np.int64).reshape(-1)
+
+
 def xb_words_conv(kh: int, kw: int, ic: int) -> int:
     return 4 * (-(-(kh * kw * ic) // 4))
 
