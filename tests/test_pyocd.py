@@ -41,8 +41,11 @@ class FakeProbe:
 
 
 class FakeCoreTarget:
-    def __init__(self, log: list, on_reset=None, corrupt: bool = False, corrupt_ram=False, write_error=None) -> None:
+    def __init__(
+        self, log: list, on_reset=None, corrupt: bool = False, corrupt_ram=False, write_error=None, read_error=None
+    ) -> None:
         self.log = log
+        self.read_error = read_error  # raised by RAM reads
         self.flash: dict[int, int] = {}  # every address written, flash or RAM
         self.on_reset = on_reset
         self.corrupt = corrupt
@@ -66,6 +69,8 @@ class FakeCoreTarget:
 
     def read_memory_block8(self, addr: int, n: int):
         self.log.append(f"read 0x{addr:08x}+{n}")
+        if self.read_error and addr >= 0x20000000:
+            raise self.read_error
         data = [self.flash.get(addr + i, 0xFF) for i in range(n)]
         if self.corrupt or (self.corrupt_ram and addr >= 0x20000000):
             data[n // 2] ^= 0x01
@@ -395,6 +400,10 @@ class UartInputs:
     def set_input(self, index: int, data: bytes) -> None:
         self.sent.append((index, data))
 
+    def get_output(self, index: int, size: int) -> bytes:
+        self.read = getattr(self, "read", []) + [(index, size)]
+        return bytes(size)
+
 
 def _swd_session(monkeypatch, f412, f412_build, **target_kw):
     dev = PtyDevice(hello_payload(f412.clock_hz, f412_build.build_id))
@@ -437,5 +446,44 @@ def test_a_failed_or_wrong_swd_write_moves_the_inputs_to_the_uart(monkeypatch, f
             assert s.input_path == "uart" and re.search(why, s.input_note)
             assert s.device.sent == [(0, b"\x01" * 1000), (0, b"\x02" * 1000)]
             assert sum(1 for e in fake.log if isinstance(e, str) and e.startswith("write ")) == 1
+    finally:
+        dev.close()
+
+
+def _large_output(s, offset: int = 64, size: int = 3000) -> None:
+    """The session's first output made larger than one UART chunk (the stub's HELLO says 1000 bytes)."""
+    s.hello.outputs[0] = replace(s.hello.outputs[0], offset=offset, bytes=size)
+
+
+def test_outputs_larger_than_a_chunk_are_read_over_swd_from_the_arena(monkeypatch, f412, f412_build):
+    dev, fake, target = _swd_session(monkeypatch, f412, f412_build)
+    try:
+        with target.open(f412_build, timeout=2.0) as s:
+            s.device, start = UartInputs(), len(fake.log)
+            _large_output(s)
+            arena = tp.symbol_address(f412_build.elf, "arena")
+            assert arena is not None and arena >= 0x20000000
+            data = bytes(range(256)) * 11 + bytes(184)
+            for i, b in enumerate(data):
+                fake.target.flash[arena + 64 + i] = b
+            assert s.get_output(0, 3000) == data
+            assert fake.log[start:] == [f"read 0x{arena + 64:08x}+3000"]  # one block read, nothing written
+            assert s.get_output(1, 1000) == bytes(1000)  # one chunk: GET_OUTPUT, as over any serial port
+            assert s.device.read == [(1, 1000)] and s.input_path == "swd"
+    finally:
+        dev.close()
+
+
+def test_a_failed_swd_read_of_an_output_moves_it_to_the_uart(monkeypatch, f412, f412_build):
+    dev, fake, target = _swd_session(monkeypatch, f412, f412_build, read_error=OSError("probe unplugged"))
+    try:
+        with target.open(f412_build, timeout=2.0) as s:
+            s.device = UartInputs()
+            _large_output(s)
+            assert s.get_output(0, 3000) == bytes(3000)  # the UART's answer
+            s.get_output(0, 3000)  # and it stays there: no second try over SWD
+            assert s.device.read == [(0, 3000), (0, 3000)] and s.input_path == "uart"
+            assert re.search("the read of output 0 at 0x2.* failed: OSError: probe unplugged", s.input_note)
+            assert sum(1 for e in fake.log if isinstance(e, str) and e.startswith("read 0x2")) == 1
     finally:
         dev.close()

@@ -217,3 +217,35 @@ def test_a_generated_model_through_the_pyocd_target_on_an_emulated_stm32(engine_
     swd = [e for e in fake.log if isinstance(e, str) and e.startswith(("write 0x2", "read 0x2"))]
     assert swd and all(e.split()[1].startswith(f"0x{base:08x}") for e in swd), swd
     assert [e.split()[0] for e in swd] == ["write", "read"] * len(xs)  # each input written, then read back
+
+
+@pytest.mark.qemu
+def test_an_output_larger_than_a_chunk_is_read_over_swd_on_an_emulated_stm32(monkeypatch, tmp_path):
+    """A 2 KiB output (two UART chunks) comes back by one SWD read of the running chip's arena, equal to
+    the reference and to the same run's output over the UART."""
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    from test_fuse import Chain
+
+    c = Chain(np.random.default_rng(4), (8, 8, 4), name="wide_output")
+    c.conv(32, 3)  # 1x8x8x32: 2048 bytes out
+    graph = c.graph()
+    qemu, board, fake = _emulated_board(monkeypatch)
+    try:
+        engine = bench.prepare(board, graph, target="auto", build_dir=str(tmp_path))
+        assert engine.spec.outputs[0].bytes == 2048
+        x = bench.random_inputs(engine.spec.inputs, 1, seed=5)[0]
+        got = {}
+        for path in ("uart", "auto"):
+            with engine.open(timeout=20, input_path=path) as runner:
+                start = len(fake.log)
+                got[path], _ = runner.run(x)
+                reads = [e for e in fake.log[start:] if isinstance(e, str) and e.startswith("read 0x2")]
+                assert runner.input_path == {"uart": "uart", "auto": "swd"}[path], runner.session.input_note
+                if path == "auto":
+                    arena = symbol_address(engine.build.elf, "arena")
+                    out = arena + runner.hello.outputs[0].offset
+                    assert f"read 0x{out:08x}+2048" in reads  # besides the input's read-back
+        want = reference.run(engine.interior, x)
+        assert np.array_equal(got["uart"][0], want[0]) and np.array_equal(got["auto"][0], want[0])
+    finally:
+        qemu.close()

@@ -18,7 +18,7 @@ import serial
 from harness.boards import Board
 from harness.errors import TargetError
 from harness.probes import REMOTE_PREFIX, serial_port_for
-from harness.protocol import Device, Hello
+from harness.protocol import CHUNK, Device, Hello
 
 STARTUP_TIMEOUT = 10.0
 
@@ -138,6 +138,7 @@ class PyocdSession:
         # the UART (the protocol of record) once a write fails or reads back wrong
         self.input_path = "swd"
         self.input_note = ""  # why the inputs moved to the UART, when they did
+        self._symbols: dict[str, int | None] = {}  # firmware symbols SWD reads and writes, by name
         try:
             self._connect()
             target = self.session.target
@@ -174,16 +175,37 @@ class PyocdSession:
                     self._swd_failed(f"input {index} read back different at 0x{addr:08x}")
         self.device.set_input(index, data)
 
+    def get_output(self, index: int, size: int) -> bytes:
+        """Output `index` read over SWD from the arena where it is larger than one UART chunk (one block
+        read instead of a GET_OUTPUT round trip a KiB); smaller ones, and all of them once SWD has failed,
+        by GET_OUTPUT over the UART."""
+        if self.input_path == "swd" and size > CHUNK:
+            base = self._symbol("arena")
+            if base is not None:
+                addr = base + self.hello.outputs[index].offset
+                try:
+                    got = bytes(self.session.target.read_memory_block8(addr, size))
+                except Exception as e:  # as for inputs: the UART still serves
+                    self._swd_failed(f"the read of output {index} at 0x{addr:08x} failed: {type(e).__name__}: {e}")
+                else:
+                    if len(got) == size:
+                        return got
+                    self._swd_failed(f"the read of output {index} at 0x{addr:08x} gave {len(got)} of {size} bytes")
+        return self.device.get_output(index, size)
+
+    def _symbol(self, name: str) -> int | None:
+        if name not in self._symbols:
+            self._symbols[name] = symbol_address(self.elf, name)
+            if self._symbols[name] is None:
+                self._swd_failed(f"{self.elf.name} has no {name} symbol")
+        return self._symbols[name]
+
     def _inputs_copy(self) -> int | None:
-        if not hasattr(self, "_inputs_addr"):
-            self._inputs_addr = symbol_address(self.elf, "inputs_copy")
-            if self._inputs_addr is None:
-                self._swd_failed(f"{self.elf.name} has no inputs_copy symbol")
-        return self._inputs_addr
+        return self._symbol("inputs_copy")
 
     def _swd_failed(self, why: str) -> None:
         self.input_path = "uart"
-        self.input_note = f"inputs over the UART from now on: {why}"
+        self.input_note = f"inputs and large outputs over the UART from now on: {why}"
 
     # --- steps --------------------------------------------------------------------------------------
 
