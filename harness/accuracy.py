@@ -322,21 +322,30 @@ def _run_samples(
                     if not counting_box:
                         counting_box.append(counting)
 
-                def record(i: int, host, outputs, stats) -> None:
-                    dev = np.asarray(outputs[0]).reshape(-1).astype(np.int8)
-                    ref = np.asarray(host.result()[0]).reshape(-1).astype(np.int8)
-                    ticks = None if stats is None else int(stats.counts[0])
-                    rec = {
-                        "i": i,
-                        "label": int(fitted.labels[i]),
-                        "device": dev.tolist(),
-                        "host": ref.tolist(),
-                        "ticks": ticks,
-                        "count": None if ticks is None else round(ticks * counting.per_tick),
-                    }
+                def record(items) -> None:
+                    """The finished samples' records, appended in one write (and one fsync: a sample's
+                    line is on disk before it counts as done)."""
+                    if not items:
+                        return
+                    recs = []
+                    for i, host, outputs, stats in items:
+                        dev = np.asarray(outputs[0]).reshape(-1).astype(np.int8)
+                        ref = np.asarray(host.result()[0]).reshape(-1).astype(np.int8)
+                        ticks = None if stats is None else int(stats.counts[0])
+                        recs.append(
+                            {
+                                "i": i,
+                                "label": int(fitted.labels[i]),
+                                "device": dev.tolist(),
+                                "host": ref.tolist(),
+                                "ticks": ticks,
+                                "count": None if ticks is None else round(ticks * counting.per_tick),
+                            }
+                        )
                     with lock:
-                        _append_line(path, rec)
-                        new[i] = rec
+                        _append_lines(path, recs)
+                        for rec in recs:
+                            new[rec["i"]] = rec
                         n = already + len(new)
                         moved["bytes"] += runner.input_bytes - seen[0]
                         moved["seconds"] += runner.input_seconds - seen[1]
@@ -362,8 +371,7 @@ def _run_samples(
                         except queue.Empty:
                             break
                     if not ids:
-                        for item in behind:
-                            record(*item)
+                        record(behind)
                         return
                     xs = [fitted.x[i] for i in ids]
                     # the host reference (tens of ms for an image model) runs while the device does
@@ -375,8 +383,7 @@ def _run_samples(
                             if ran is None:  # one sample, or a target that cannot run a batch
                                 ran = [runner.run([x], repetitions=1) for x in xs]
                         finally:  # the batch before this one is done, whatever became of this one
-                            for item in behind:
-                                record(*item)
+                            record(behind)
                             behind = []
                     except LinkBroken as e:  # the protocol found the port closed (QEMU gone, USB unplugged)
                         at = f"the connection to the device broke at {where}"
@@ -387,8 +394,7 @@ def _run_samples(
                         ) from e
                     behind = [(i, h, outs, st) for i, h, (outs, st) in zip(ids, hosts, ran, strict=True)]
                     if batch_run is None:  # one sample at a time: its record at once
-                        for item in behind:
-                            record(*item)
+                        record(behind)
                         behind = []
         except BaseException as e:  # surfaced in the main thread, which re-raises the first
             with lock:
@@ -544,9 +550,9 @@ def _write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / META_FILE)  # atomic: an interrupted write never leaves half a meta
 
 
-def _append_line(path: Path, rec: dict[str, Any]) -> None:
+def _append_lines(path: Path, recs: list[dict[str, Any]]) -> None:
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        f.write("".join(json.dumps(rec, separators=(",", ":")) + "\n" for rec in recs))
         f.flush()
         os.fsync(f.fileno())
 
