@@ -104,11 +104,15 @@ static inline int32_t tk_load4(const int8_t *p)
 
 /* --- requantization ---------------------------------------------------------------------------- */
 
-/* tk_mbqm_fast(acc, mult, -e) + output_offset: y + 2^(e-1) - (y < 0), shifted. */
+/* tk_mbqm_fast(acc, mult, -e) + output_offset: y + 2^(e-1) - (y < 0), shifted, y = SRDHM(acc, mult).
+ * On the DSP path one SMMLAR gives y + rnd (adding rnd << 32 before the rounding shift by 32 changes
+ * nothing below it). The correction takes acc's sign, not y's: they differ only where y rounds to 0 from
+ * a small negative acc, and there (rnd - 1) >> e = rnd >> e, since rnd's low e bits are 2^(e-1) (or 1 in
+ * a constant channel, e = 1); the multiplier is positive (spec.ch_rows refuses others). */
+TK_INLINE int32_t tk_rq2d(int32_t acc2, const tk_ch_t *c);
 TK_INLINE int32_t tk_rq2(int32_t acc, const tk_ch_t *c)
 {
-    const int32_t y = tk_srdhm_small(acc, c->mult);
-    return (y + c->rnd + (y >> 31)) >> c->e;
+    return tk_rq2d(acc * 2, c);
 }
 
 /* As tk_rq2 for an accumulator that is already doubled (depthwise weights and biases are stored x2,
@@ -116,12 +120,12 @@ TK_INLINE int32_t tk_rq2(int32_t acc, const tk_ch_t *c)
 TK_INLINE int32_t tk_rq2d(int32_t acc2, const tk_ch_t *c)
 {
 #if defined(__ARM_FEATURE_DSP)
-    int32_t y;
-    __asm__("smmulr %0, %1, %2" : "=r"(y) : "r"(acc2), "r"(c->mult));
+    int32_t t;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(t) : "r"(acc2), "r"(c->mult), "r"(c->rnd));
 #else
-    const int32_t y = (int32_t)(((int64_t)acc2 * (int64_t)c->mult + ((int64_t)1 << 31)) >> 32);
+    const int32_t t = (int32_t)(((int64_t)acc2 * (int64_t)c->mult + ((int64_t)1 << 31)) >> 32) + c->rnd;
 #endif
-    return (y + c->rnd + (y >> 31)) >> c->e;
+    return (t + (acc2 >> 31)) >> c->e;
 }
 
 TK_INLINE int32_t tk_rq1(int32_t acc, const tk_ch1_t *c)

@@ -57,7 +57,8 @@ def ch_rows(folded, mult, shift, offset: int, reach, lo: int, hi: int) -> np.nda
             continue
         acc, e = abs(b) + r, -s
         y = acc * abs(m) // INT32_LIMIT + 1
-        if acc >= 2**30 or abs(offset) > 128 or not 1 <= e <= 31:
+        # m > 0: tk_rq2d rounds by acc's sign, which is y's only for a positive multiplier
+        if m <= 0 or acc >= 2**30 or abs(offset) > 128 or not 1 <= e <= 31:
             return None
         if y + 2 ** (e - 1) + abs(offset) * 2**e >= INT32_LIMIT:
             return None
