@@ -178,16 +178,20 @@ TK_INLINE void tk_mm2x2(const int32_t *xb, const int32_t *w, int32_t groups, int
     "smlad %[b1], %[xb02], %[e], %[b1]\n\t"                                                              \
     "smlad %[a1], %[xa13], %[v], %[a1]\n\t"                                                              \
     "smlad %[b1], %[xb13], %[v], %[b1]\n\t"
-#define TK_MM2X2_OPERANDS                                                                                \
+#define TK_MM2X2_OUTPUTS                                                                                \
     : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [px] "+r"(xb), [pw] "+r"(w),              \
-      [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [v] "=&r"(v), [e] "=&r"(e) \
-    : [end] "r"(end)                                                                                     \
-    : "memory", "cc"
+      [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [v] "=&r"(v), [e] "=&r"(e)
+#define TK_MM2X2_OPERANDS TK_MM2X2_OUTPUTS : [end] "r"(end) : "memory", "cc"
+#define TK_MM2X2_STRAIGHT TK_MM2X2_OUTPUTS : : "memory", "cc"
     const int32_t *end = xb + 4 * groups;
     int32_t xa02, xa13, xb02, xb13, v, e;
     /* the loop itself in asm too (gcc's own unrolling renames the accumulators and copies them back),
      * unrolled as far as the group count allows */
-    if (groups % 4 == 0) {
+    if (groups == 2) { /* short dot products (pointwise on 8 channels): straight code, no loop */
+        __asm__(TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_STRAIGHT);
+    } else if (groups == 4) {
+        __asm__(TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_STRAIGHT);
+    } else if (groups % 4 == 0) {
         __asm__("1:\n\t" TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_GROUP TK_MM2X2_GROUP "cmp %[px], %[end]\n\t"
                 "bne 1b"
                 TK_MM2X2_OPERANDS);
@@ -202,6 +206,8 @@ TK_INLINE void tk_mm2x2(const int32_t *xb, const int32_t *w, int32_t groups, int
     }
 #undef TK_MM2X2_GROUP
 #undef TK_MM2X2_OPERANDS
+#undef TK_MM2X2_OUTPUTS
+#undef TK_MM2X2_STRAIGHT
 #else
     for (int32_t g = 0; g < groups; g++, xb += 4, w += 2) {
         const int32_t xa02 = xb[0], xa13 = xb[1], xb02 = xb[2], xb13 = xb[3];
@@ -265,13 +271,17 @@ TK_INLINE void tk_mm2x2_w16(const int32_t *xb, const int32_t *w, int32_t groups,
     "smlad %[b1], %[xb02], %[p], %[b1]\n\t"                                                              \
     "smlad %[a1], %[xa13], %[q], %[a1]\n\t"                                                              \
     "smlad %[b1], %[xb13], %[q], %[b1]\n\t"
-#define TK_MM2X2W_OPERANDS                                                                               \
+#define TK_MM2X2W_OUTPUTS                                                                               \
     : [a0] "+r"(a0), [a1] "+r"(a1), [b0] "+r"(b0), [b1] "+r"(b1), [px] "+r"(xb), [pw] "+r"(w),              \
-      [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [p] "=&r"(p), [q] "=&r"(q) \
-    : [end] "r"(end)                                                                                     \
-    : "memory", "cc"
+      [xa02] "=&r"(xa02), [xa13] "=&r"(xa13), [xb02] "=&r"(xb02), [xb13] "=&r"(xb13), [p] "=&r"(p), [q] "=&r"(q)
+#define TK_MM2X2W_OPERANDS TK_MM2X2W_OUTPUTS : [end] "r"(end) : "memory", "cc"
+#define TK_MM2X2W_STRAIGHT TK_MM2X2W_OUTPUTS : : "memory", "cc"
     /* unrolled as far as the group count allows: the loop's compare and branch are 2 of 14 per group */
-    if (groups % 4 == 0) {
+    if (groups == 2) { /* short dot products (pointwise on 8 channels): straight code, no loop */
+        __asm__(TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_STRAIGHT);
+    } else if (groups == 4) {
+        __asm__(TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_STRAIGHT);
+    } else if (groups % 4 == 0) {
         __asm__("1:\n\t" TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_GROUP TK_MM2X2W_GROUP
                 "cmp %[px], %[end]\n\t"
                 "bne 1b" TK_MM2X2W_OPERANDS);
@@ -284,6 +294,8 @@ TK_INLINE void tk_mm2x2_w16(const int32_t *xb, const int32_t *w, int32_t groups,
     }
 #undef TK_MM2X2W_GROUP
 #undef TK_MM2X2W_OPERANDS
+#undef TK_MM2X2W_OUTPUTS
+#undef TK_MM2X2W_STRAIGHT
 #else
     for (int32_t g = 0; g < groups; g++, xb += 4, w += 4) {
         a0 = tk_smlad_(xb[1], w[1], tk_smlad_(xb[0], w[0], a0));
