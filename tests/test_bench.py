@@ -72,15 +72,15 @@ def test_bench_on_the_host_target_checks_outputs_without_counts(tmp_path):
 
 
 def test_a_wrong_output_fails_loudly_and_is_recorded(tmp_path, monkeypatch):
-    real = reference.run
+    real = reference.Prepared.run
 
-    def off_by_one(graph, inputs):  # the reference disagrees with the (correct) engine at one index
-        outs = real(graph, inputs)
+    def off_by_one(self, inputs):  # the reference disagrees with the (correct) engine at one index
+        outs = real(self, inputs)
         outs[0] = outs[0].copy()
         outs[0].reshape(-1)[3] ^= 1
         return outs
 
-    monkeypatch.setattr(reference, "run", off_by_one)
+    monkeypatch.setattr(reference.Prepared, "run", off_by_one)
     with pytest.raises(OutputMismatch, match=r"output 0 differs from the reference: first at \(0, 3\)"):
         run_bench(_opts(tmp_path, shared_model("kws"), target="host"))
     (stored,) = list(results.read("bench", tmp_path / "results"))
