@@ -301,45 +301,31 @@ def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, 
         return None
     (sh, sw), (pt, pl) = p.stride, p.pad
     zp = c_int(-p.input_offset)
-    if dw and spec.dw_by_rows(kh, kw, sw, ow, rings is None):
-        packed = spec.pack_dw_rows(w.reshape(kh, kw, oc).astype(np.int8))
-        rows = rows * np.array([2, 1, 1, 1])  # tk_rq2d: doubled biases (pack_dw_rows doubles the weights)
-        decls = [c_array("int32_t", f"{ident}_w", packed)]
-        decls.append(_ch_array("tk_ch_t", f"{ident}_ch", rows))
-        if rings is None:
-            decls.append(
-                f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
-                f"    tk_dwp_spec(in, out, {ident}_w, {ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow},\n"
-                f"                {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)});\n}}\n"
-            )
-        else:
-            decls.append(
-                f"static __attribute__((noinline)) void {ident}_row(const int8_t *in, int8_t *out, int32_t oy)\n{{\n"
-                f"    tk_dwp_spec_row(in, TK_ROW(out, oy, {rings[1]}, {ow * oc}), {ident}_w, {ident}_ch, "
-                f"{ih}, {iw}, {ic}, {ow},\n"
-                f"                    {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)}, {rings[0]}, oy);\n}}\n"
-            )
-        nbytes = 4 * packed.size + 16 * len(rows)
-    elif dw:
-        packed, tail = spec.pack_dw(w.reshape(kh * kw, oc).astype(np.int8))
-        rows = rows * np.array([2, 1, 1, 1])  # tk_rq2d: doubled biases (pack_dw doubles the weights)
+    if dw:
+        rows = rows * np.array([2, 1, 1, 1])  # tk_rq2d: doubled biases (both weight packings double the weights)
+        if spec.dw_by_rows(kh, kw, sw, ow, rings is None):  # one channel at a time over widened rows
+            kernel, packed, tail = "tk_dwp_spec", spec.pack_dw_rows(w.reshape(kh, kw, oc).astype(np.int8)), None
+        else:  # four channels a tap, in NHWC
+            kernel, (packed, tail) = "tk_dw_spec", spec.pack_dw(w.reshape(kh * kw, oc).astype(np.int8))
         decls = [c_array("int32_t", f"{ident}_w", packed if packed.size else np.zeros(1, np.int64))]
-        decls.append(c_array("int8_t", f"{ident}_wt", tail if tail.size else np.zeros(1, np.int8)))
+        weights = f"{ident}_w, "
+        if tail is not None:
+            decls.append(c_array("int8_t", f"{ident}_wt", tail if tail.size else np.zeros(1, np.int8)))
+            weights += f"{ident}_wt, "
         decls.append(_ch_array("tk_ch_t", f"{ident}_ch", rows))
+        shapes = f"{kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)}"
         if rings is None:
             decls.append(
                 f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
-                f"    tk_dw_spec(in, out, {ident}_w, {ident}_wt, {ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow},\n"
-                f"               {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)});\n}}\n"
+                f"    {kernel}(in, out, {weights}{ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow},\n        {shapes});\n}}\n"
             )
         else:
             decls.append(
                 f"static __attribute__((noinline)) void {ident}_row(const int8_t *in, int8_t *out, int32_t oy)\n{{\n"
-                f"    tk_dw_spec_row(in, TK_ROW(out, oy, {rings[1]}, {ow * oc}), {ident}_w, {ident}_wt, {ident}_ch, "
-                f"{ih}, {iw}, {ic}, {ow},\n"
-                f"                   {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)}, {rings[0]}, oy);\n}}\n"
+                f"    {kernel}_row(in, TK_ROW(out, oy, {rings[1]}, {ow * oc}), {weights}{ident}_ch, "
+                f"{ih}, {iw}, {ic}, {ow},\n        {shapes}, {rings[0]}, oy);\n}}\n"
             )
-        nbytes = 4 * packed.size + tail.size + 16 * len(rows)
+        nbytes = 4 * packed.size + (0 if tail is None else tail.size) + 16 * len(rows)
     else:
         xb = spec.xb_words_conv(kh, kw, ic)
         if 4 * xb > spec.XB_MAX_BYTES:
