@@ -704,7 +704,8 @@ TK_INLINE void tk_dw_spec_row(const int8_t *in, int8_t *out, const int32_t *w, c
  * it). Outputs go four at a time: neighbouring windows share loads, and the channel's requantization
  * constants stay in registers. */
 
-/* One halfword row of a channel: n values of the input C bytes apart, at `at`, zero point elsewhere. */
+/* One halfword row of a channel: n values of the input C bytes apart from column PL on, the zero point
+ * elsewhere. */
 TK_INLINE void tk_dwp_fill(int16_t *d, const int8_t *src, int32_t PW, int32_t PL, int32_t n, int32_t C, int32_t zp)
 {
     for (int32_t i = 0; i < PL && i < PW; i++) {

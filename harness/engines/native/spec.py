@@ -144,10 +144,10 @@ def pack_dw(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def dw_by_rows(kh: int, kw: int, sw: int, ow: int, whole: bool) -> bool:
     """Whether a depthwise layer takes tk_dwp_spec (channel by channel over widened rows, two taps an
-    SMLAD) rather than tk_dw_spec (four channels a tap, in place in NHWC). Widening a row costs about two
+    SMLAD) rather than tk_dw_spec (four channels a tap, straight from NHWC). Widening a row costs about two
     instructions a value, so it pays where many taps share it: wide kernels (5x5 and up) over outputs at
     least 5 wide, and, over a whole tensor (each row widened once), stride-1 layers at least 16 wide.
-    Measured on mcunet_vww and mlperf_vww_96, QEMU instructions: the 7x7 layers -20 to -37 %, 3x3 stride
+    Measured on mcunet_vww and mlperf_vww_96, QEMU instructions: the 5x5 and 7x7 layers -20 to -37 %, 3x3 stride
     1 at 40 and 48 wide -15 and -20 %; 3x3 in a fused group's rows (KH rows widened a row) +1 to +12 %."""
     return (kh * kw >= 25 and ow >= 5) or (whole and sw == 1 and ow >= 16)
 
