@@ -399,6 +399,8 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str, rings=None) -
         raise UnsupportedModelError(f"layer '{op.name}': ADD of more than 4 dimensions")
     out4 = (1,) * (4 - len(y.shape)) + tuple(y.shape)
     flat = int(tuple(s1) == tuple(y.shape) and tuple(s2) == tuple(y.shape))
+    if flat:  # fused groups take only these (fuse.py): the table form has the row function too
+        return _add_tables(p, ident, a, out, y, rings)
     st1, st2 = _strides4(s1, out4), _strides4(s2, out4)
     # tk_mbqm_fast0 needs shift <= 0 and |x| < 2^30: (int8 + offset) << left_shift stays below 2^28 for
     # left_shift <= 20, each rescaled input below it too, so their sum is below 2^29.
@@ -414,24 +416,7 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str, rings=None) -
         f"    .output_mult = {c_int(p.output_multiplier)}, .output_shift = {c_int(p.output_shift)}, "
         f".act_min = {c_int(p.act_min)}, .act_max = {c_int(p.act_max)}, .fast = {int(fast)}\n}};\n"
     ]
-    if flat:
-        return _add_tables(p, ident, a, out, y, rings)
-    if rings is None:
-        return _Layer(decls, [f"tk_add(&{ident}, {a[0]}, {a[1]}, {out});"], 0, special=True)
-    # fused: the same parameters over one row (the group only fuses ADDs without broadcast)
-    row = y.size // y.shape[1]
-    decls.append(
-        f"static const tk_add_t {ident}_r = {{\n"
-        + decls[0].split("{\n", 1)[1].replace(f".size = {y.size},", f".size = {row},", 1)
-    )
-    ra, rb, ro = rings
-    decls.append(
-        f"static __attribute__((noinline)) void {ident}_row(const int8_t *a, const int8_t *b, int8_t *out, int32_t y)\n"
-        f"{{\n    tk_add(&{ident}_r, TK_ROW(a, y, {ra}, {row}), TK_ROW(b, y, {rb}, {row}),\n"
-        f"           TK_ROW(out, y, {ro}, {row}));\n}}\n"
-    )
-    decls = decls[1:]
-    return _Layer(decls, [], 0, "row by row", special=True)
+    return _Layer(decls, [f"tk_add(&{ident}, {a[0]}, {a[1]}, {out});"], 0, special=True)
 
 
 def _add_tables(p: P.AddParams, ident: str, a: list[str], out: str, y, rings) -> _Layer:
