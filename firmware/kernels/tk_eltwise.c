@@ -26,12 +26,6 @@ void tk_add(const tk_add_t *params, const int8_t *in1, const int8_t *in2, int8_t
 {
     const tk_add_t q = *params; /* a local: stores through int8_t pointers cannot alias it */
     const tk_add_t *p = &q;
-    if (p->flat) {
-        for (int32_t i = 0; i < p->size; i++) {
-            out[i] = tk_add1(p, in1[i], in2[i]);
-        }
-        return;
-    }
     for (int32_t i0 = 0; i0 < p->dims[0]; i0++) {
         for (int32_t i1 = 0; i1 < p->dims[1]; i1++) {
             for (int32_t i2 = 0; i2 < p->dims[2]; i2++) {

@@ -62,10 +62,9 @@ typedef struct {
 
 void tk_fully_connected(const tk_fc_t *p, const int8_t *in, int8_t *out);
 
-/* ADD with TFLite's general rescaling. Broadcasting: 4-D output dims with per-input strides (0 on a
- * broadcast dimension); `flat` set when both inputs have the output's shape. */
+/* ADD with TFLite's general rescaling, for inputs broadcast to the output: 4-D output dims with per-input
+ * strides (0 on a broadcast dimension). Same-shape ADDs take tk_add_lut (tk_spec.h). */
 typedef struct {
-    int32_t flat, size;
     int32_t dims[4];
     int32_t stride1[4], stride2[4];
     int32_t input1_offset, input2_offset, output_offset, left_shift;

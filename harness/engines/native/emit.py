@@ -398,8 +398,8 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str, rings=None) -
     if len(y.shape) > 4:
         raise UnsupportedModelError(f"layer '{op.name}': ADD of more than 4 dimensions")
     out4 = (1,) * (4 - len(y.shape)) + tuple(y.shape)
-    flat = int(tuple(s1) == tuple(y.shape) and tuple(s2) == tuple(y.shape))
-    if flat:  # fused groups take only these (fuse.py): the table form has the row function too
+    # same shapes: the table form (fused groups take only these ADDs, fuse.py; it has their row function)
+    if tuple(s1) == tuple(y.shape) == tuple(s2):
         return _add_tables(p, ident, a, out, y, rings)
     st1, st2 = _strides4(s1, out4), _strides4(s2, out4)
     # tk_mbqm_fast0 needs shift <= 0 and |x| < 2^30: (int8 + offset) << left_shift stays below 2^28 for
@@ -407,7 +407,7 @@ def _add(graph: Graph, op: Op, ident: str, a: list[str], out: str, rings=None) -
     fast = p.left_shift <= 20 and max(p.input1_shift, p.input2_shift, p.output_shift) <= 0
     decls = [
         f"static const tk_add_t {ident} = {{\n"
-        f"    .flat = {flat}, .size = {y.size}, .dims = {{{', '.join(map(str, out4))}}},\n"
+        f"    .dims = {{{', '.join(map(str, out4))}}},\n"
         f"    .stride1 = {{{', '.join(map(str, st1))}}}, .stride2 = {{{', '.join(map(str, st2))}}},\n"
         f"    .input1_offset = {c_int(p.input1_offset)}, .input2_offset = {c_int(p.input2_offset)}, "
         f".output_offset = {c_int(p.output_offset)}, .left_shift = {c_int(p.left_shift)},\n"
