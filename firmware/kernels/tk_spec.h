@@ -559,8 +559,9 @@ TK_INLINE void tk_add_lut(const int32_t *la, const int32_t *lb, const int8_t *a,
 /* Weights pre-extended to halfwords and doubled (as the biases in `ch`: see tk_rq2d): per group of 4
  * channels, per tap, (c0,c2),(c1,c3) as two words, the pairs SXTB16 gives the input. Channels past the
  * last whole group run one at a time. Windows inside the input read taps at constant offsets; border
- * windows read through per-tap pointers, a tap outside the input pointing at `zrow` (C bytes of the raw
- * zero point). */
+ * windows read through per-tap pointers (`xp`, KH * KW of them), a tap outside the input pointing at
+ * `zrow` (C bytes of the raw zero point). The layer's function declares both with literal sizes: a
+ * variable-length array here would cost gcc a frame-pointer register (on vww_96 1.1 % of the count). */
 #define TK_DW_TAPS_MAX 49
 
 /* Four channels' doubled accumulators requantized and stored. */
@@ -577,6 +578,7 @@ TK_INLINE void tk_dw_group(const int8_t *const *xp, int32_t c, const int32_t *w,
                            int32_t TAPS, int32_t lo, int32_t hi)
 {
     int32_t a0 = ch[0].bias, a1 = ch[1].bias, a2 = ch[2].bias, a3 = ch[3].bias;
+#pragma GCC unroll 49
     for (int32_t t = 0; t < TAPS; t++) {
         TK_DW_TAP(tk_load4(xp[t] + c), w, a0, a1, a2, a3);
     }
@@ -597,12 +599,11 @@ TK_INLINE void tk_dw_inside(const int8_t *base, int32_t c, const int32_t *w, con
 
 /* `wt` holds the C % 4 last channels' weights as int8 [tap][C % 4]. */
 TK_INLINE void tk_dw_spec(const int8_t *in, int8_t *out0, const int32_t *w, const int8_t *wt, const tk_ch_t *ch,
-                          int32_t IH, int32_t IW, int32_t C, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
-                          int32_t SH, int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi)
+                          int8_t *zrow, const int8_t **xp, int32_t IH, int32_t IW, int32_t C, int32_t OH,
+                          int32_t OW, int32_t KH, int32_t KW, int32_t SH, int32_t SW, int32_t PT, int32_t PL,
+                          int32_t zp, int32_t lo, int32_t hi)
 {
     const int32_t TAPS = KH * KW, C4 = C & ~3;
-    int8_t zrow[C];
-    const int8_t *xp[TAPS];
     int8_t *out = out0;
     memset(zrow, (int)(int8_t)zp, (size_t)C);
     for (int32_t oy = 0; oy < OH; oy++) {
@@ -649,13 +650,11 @@ TK_INLINE void tk_dw_spec(const int8_t *in, int8_t *out0, const int32_t *w, cons
  * inside windows take tk_dw_inside's constant tap offsets, as over a whole tensor. The pixel loop repeats
  * tk_dw_spec's: sharing it through one inline helper cost the whole-layer form 1.5-1.7 % (kws, vww). */
 TK_INLINE void tk_dw_spec_row(const int8_t *in, int8_t *out, const int32_t *w, const int8_t *wt, const tk_ch_t *ch,
-                              int32_t IH, int32_t IW, int32_t C, int32_t OW, int32_t KH, int32_t KW, int32_t SH,
-                              int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi, int32_t RIN,
-                              int32_t oy)
+                              int8_t *zrow, const int8_t **xp, int32_t IH, int32_t IW, int32_t C, int32_t OW,
+                              int32_t KH, int32_t KW, int32_t SH, int32_t SW, int32_t PT, int32_t PL, int32_t zp,
+                              int32_t lo, int32_t hi, int32_t RIN, int32_t oy)
 {
     const int32_t TAPS = KH * KW, C4 = C & ~3;
-    int8_t zrow[C];
-    const int8_t *xp[TAPS];
     memset(zrow, (int)(int8_t)zp, (size_t)C);
     const int32_t iy0 = oy * SH - PT;
     const int rows_in = iy0 >= 0 && iy0 + KH <= IH;
@@ -788,13 +787,13 @@ TK_INLINE void tk_dwp_outrow(const int16_t *x, const int32_t *wc, const tk_ch_t 
 
 /* A whole layer, channel by channel. A channel's rows form a ring of KH slots whose first KH - 1 are
  * mirrored after the last, so the KH rows of any window are contiguous; each input row is widened once
- * per channel. */
-TK_INLINE void tk_dwp_spec(const int8_t *in, int8_t *out, const int32_t *w, const tk_ch_t *ch, int32_t IH,
-                           int32_t IW, int32_t C, int32_t OH, int32_t OW, int32_t KH, int32_t KW, int32_t SH,
-                           int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi)
+ * per channel. `buf` holds (2 KH - 1) rows of TK_DWP_PW halfwords (KH rows for tk_dwp_spec_row), sized by
+ * the layer's function as tk_dw_spec's buffers are. */
+TK_INLINE void tk_dwp_spec(const int8_t *in, int8_t *out, const int32_t *w, const tk_ch_t *ch, int16_t *buf,
+                           int32_t IH, int32_t IW, int32_t C, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
+                           int32_t SH, int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi)
 {
     const int32_t PW = TK_DWP_PW(OW, KW, SW), KP = (KW + 1) / 2;
-    int16_t buf[(2 * KH - 1) * PW];
     for (int32_t c = 0; c < C; c++) {
         int32_t next = 0; /* the first padded-input row not yet in the ring */
         for (int32_t oy = 0; oy < OH; oy++) {
@@ -815,12 +814,12 @@ TK_INLINE void tk_dwp_spec(const int8_t *in, int8_t *out, const int32_t *w, cons
 
 /* One output row `oy` of a depthwise layer in a fused group (input rows from a ring of RIN rows, or a
  * whole tensor: RIN 0), written at `out`: each channel's KH rows are widened afresh. */
-TK_INLINE void tk_dwp_spec_row(const int8_t *in, int8_t *out, const int32_t *w, const tk_ch_t *ch, int32_t IH,
-                               int32_t IW, int32_t C, int32_t OW, int32_t KH, int32_t KW, int32_t SH, int32_t SW,
-                               int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi, int32_t RIN, int32_t oy)
+TK_INLINE void tk_dwp_spec_row(const int8_t *in, int8_t *out, const int32_t *w, const tk_ch_t *ch, int16_t *buf,
+                               int32_t IH, int32_t IW, int32_t C, int32_t OW, int32_t KH, int32_t KW, int32_t SH,
+                               int32_t SW, int32_t PT, int32_t PL, int32_t zp, int32_t lo, int32_t hi, int32_t RIN,
+                               int32_t oy)
 {
     const int32_t PW = TK_DWP_PW(OW, KW, SW), KP = (KW + 1) / 2;
-    int16_t buf[KH * PW];
     for (int32_t c = 0; c < C; c++) {
         for (int32_t ky = 0; ky < KH; ky++) {
             tk_dwp_row(buf + ky * PW, in, oy * SH - PT + ky, c, IH, IW, C, PW, PL, zp, RIN);

@@ -314,16 +314,24 @@ def _spec_conv(op: Op, ident, p, x_shape, y_shape, w, folded, w_abs_sum, x_ptr, 
             weights += f"{ident}_wt, "
         decls.append(_ch_array("tk_ch_t", f"{ident}_ch", rows))
         shapes = f"{kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {zp}, {_act_args(p)}"
+        # the kernel's buffers, sized here with literals (see tk_dw_spec): widened rows for tk_dwp_spec,
+        # the zero-point row and tap pointers for tk_dw_spec
+        if kernel == "tk_dwp_spec":
+            pw = (ow - 1) * sw + 2 * ((kw + 1) // 2)  # TK_DWP_PW
+            bufs = f"    int16_t buf[{(2 * kh - 1 if rings is None else kh) * pw}];\n", "buf, "
+        else:
+            bufs = f"    int8_t zrow[{ic}];\n    const int8_t *xp[{kh * kw}];\n", "zrow, xp, "
         if rings is None:
             decls.append(
-                f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n"
-                f"    {kernel}(in, out, {weights}{ident}_ch, {ih}, {iw}, {ic}, {oh}, {ow},\n        {shapes});\n}}\n"
+                f"static __attribute__((noinline)) void {ident}_run(const int8_t *in, int8_t *out)\n{{\n{bufs[0]}"
+                f"    {kernel}(in, out, {weights}{ident}_ch, {bufs[1]}{ih}, {iw}, {ic}, {oh}, {ow},\n"
+                f"        {shapes});\n}}\n"
             )
         else:
             decls.append(
-                f"static __attribute__((noinline)) void {ident}_row(const int8_t *in, int8_t *out, int32_t oy)\n{{\n"
-                f"    {kernel}_row(in, TK_ROW(out, oy, {rings[1]}, {ow * oc}), {weights}{ident}_ch, "
-                f"{ih}, {iw}, {ic}, {ow},\n        {shapes}, {rings[0]}, oy);\n}}\n"
+                f"static __attribute__((noinline)) void {ident}_row(const int8_t *in, int8_t *out, int32_t oy)\n"
+                f"{{\n{bufs[0]}    {kernel}_row(in, TK_ROW(out, oy, {rings[1]}, {ow * oc}), {weights}{ident}_ch, "
+                f"{bufs[1]}{ih}, {iw}, {ic}, {ow},\n        {shapes}, {rings[0]}, oy);\n}}\n"
             )
         nbytes = 4 * packed.size + (0 if tail is None else tail.size) + 16 * len(rows)
     else:
