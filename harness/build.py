@@ -317,7 +317,9 @@ def _raise_link_error(stderr: str, board: Board, qemu: bool) -> None:
             extra = f" (including a {STACK_RESERVE // 1024} KiB stack reserve)" if region == "RAM" else ""
             raise DoesNotFitError(
                 f"the model does not fit {where}: it needs {avail + over:,} bytes of {what}{extra}, "
-                f"the board has {avail:,} ({over:,} too many)"
+                f"the board has {avail:,} ({over:,} too many)",
+                memory=what,
+                over=over,
             )
 
 

@@ -14,7 +14,13 @@ class UnsupportedModelError(HarnessError):
 
 
 class DoesNotFitError(HarnessError):
-    """The model needs more SRAM or flash than the board has."""
+    """The model needs more SRAM or flash than the board has (`memory` "SRAM" or "flash", `over` bytes,
+    where the linker said so)."""
+
+    def __init__(self, message: str, memory: str | None = None, over: int = 0) -> None:
+        super().__init__(message)
+        self.memory = memory
+        self.over = over
 
 
 class BuildError(HarnessError):

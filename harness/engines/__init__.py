@@ -86,20 +86,34 @@ def prepare(
 def _native(board, interior, work: Path, *, build: bool, qemu: bool, opt: str, profile: bool, step, fuse=True):
     from harness.build import build_firmware
     from harness.engines.native import generate
+    from harness.errors import DoesNotFitError
 
     step("generating C")
     src = work / ("model" if fuse else "model-unfused")  # parallel cells may build both forms of one model
-    cg = generate(interior, src, dsp=board.dsp, flash_bytes=board.flash_bytes, fuse=fuse)
-    spec = EngineSpec("native", cg.inputs, cg.outputs, cg.arena_bytes, cg.weight_bytes, cg.macs, cg.layers, cg)
-    if not build:
-        return spec, None
-    step("building firmware")
-    result = build_firmware(
-        src, board, qemu=qemu, opt=opt, cache_dir=work / "fw",
-        input_bytes=sum(s.bytes for s in cg.inputs),
-        extra_cflags=("-DHARNESS_LAYER_PROFILE=1",) if profile else (),
-    )  # fmt: skip
-    return spec, result
+    # the budget a previous build of this model learned for this flash size (see below), else the estimate
+    learned = work / f"wide-budget-{board.flash_bytes}"
+    budget = int(learned.read_text()) if learned.is_file() and learned.read_text().strip().isdigit() else None
+    while True:
+        cg = generate(interior, src, dsp=board.dsp, flash_bytes=board.flash_bytes, fuse=fuse, budget=budget)
+        spec = EngineSpec("native", cg.inputs, cg.outputs, cg.arena_bytes, cg.weight_bytes, cg.macs, cg.layers, cg)
+        if not build:
+            return spec, None
+        step("building firmware")
+        try:
+            result = build_firmware(
+                src, board, qemu=qemu, opt=opt, cache_dir=work / "fw",
+                input_bytes=sum(s.bytes for s in cg.inputs),
+                extra_cflags=("-DHARNESS_LAYER_PROFILE=1",) if profile else (),
+            )  # fmt: skip
+            return spec, result
+        except DoesNotFitError as e:
+            # Wide weights are a speed-up bought with flash: where the estimate spent more than the board
+            # has, the widening gives back what the linker says overflowed (and 4 KiB), and it links again.
+            if e.memory != "flash" or cg.wide_bytes == 0:
+                raise
+            budget = max(0, cg.wide_bytes - e.over - 4096)
+            learned.write_text(str(budget))
+            step(f"{e.over:,} bytes over the board's flash: fewer layers with wide weights")
 
 
 def _tflm(name: str, board, graph, interior, work: Path, *, qemu: bool, opt: str, profile: bool, say, step):

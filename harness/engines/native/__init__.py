@@ -24,13 +24,20 @@ __all__ = [
 
 
 def generate(
-    graph: Graph, out_dir: Path, *, dsp: bool = False, flash_bytes: int | None = None, fuse: bool = True
+    graph: Graph,
+    out_dir: Path,
+    *,
+    dsp: bool = False,
+    flash_bytes: int | None = None,
+    fuse: bool = True,
+    budget: int | None = None,
 ) -> CodegenResult:
     """Write model.h / model.c for `graph` (its int8 interior: float boundaries are split off and
     reported in the I/O specs) into `out_dir`; returns the plan, I/O specs, per-layer rows and sizes.
-    With the board's `flash_bytes`, layers may take wide weights within spec.wide_budget. With `fuse`,
-    chains of layers run row by row where that lowers the peak (fuse.py)."""
-    budget = 0 if flash_bytes is None else wide_budget(flash_bytes, graph)
+    With the board's `flash_bytes`, layers may take wide weights within wide_budget (or `budget` bytes,
+    when given). With `fuse`, chains of layers run row by row where that lowers the peak (fuse.py)."""
+    if budget is None:
+        budget = 0 if flash_bytes is None else wide_budget(flash_bytes, graph)
     return _generate_files(graph, Path(out_dir), dsp=dsp, wide_budget=budget, fuse_layers=fuse)
 
 

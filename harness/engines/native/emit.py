@@ -91,6 +91,7 @@ class CodegenResult:
     graph: Graph | None = field(default=None, repr=False)
     unfused_arena_bytes: int = 0  # the layer-by-layer plan's arena (= arena_bytes when nothing is fused)
     fusion: fuse.Choice | None = None  # the planner's choice and the schedules it considered (None: --no-fuse)
+    wide_bytes: int = 0  # the int8 bytes of the layers given wide weights (what widening added to flash)
 
 
 # --- C text helpers ----------------------------------------------------------------------------------
@@ -680,14 +681,12 @@ def generate_files(
     interior, in_bounds, out_bounds = split_interior(graph)
     interior.validate()
     _check_ops(interior)
-    wide = spec.choose_wide(
-        [
-            (k, op_macs(interior, op), interior.tensors[op.inputs[1]].nbytes)
-            for k, op in enumerate(interior.ops)
-            if op.kind in ("CONV_2D", "FULLY_CONNECTED") or spec.dw_as_conv(interior, op)
-        ],
-        wide_budget,
-    )
+    candidates = [
+        (k, op_macs(interior, op), interior.tensors[op.inputs[1]].nbytes)
+        for k, op in enumerate(interior.ops)
+        if op.kind in ("CONV_2D", "FULLY_CONNECTED") or spec.dw_as_conv(interior, op)
+    ]
+    wide = spec.choose_wide(candidates, wide_budget)
     choice = _choose_fusion(interior, wide) if fuse_layers else None
     groups = choice.groups if choice else []
     plan = plan_memory(interior, fused=groups)
@@ -777,6 +776,7 @@ def generate_files(
         graph=interior,
         unfused_arena_bytes=choice.unfused_arena if choice else plan.arena_bytes,
         fusion=choice,
+        wide_bytes=sum(nbytes for k, _, nbytes in candidates if k in wide),
     )
 
 
