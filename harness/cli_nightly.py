@@ -23,6 +23,11 @@ def register(subparsers) -> None:
     )
     n.add_argument("--matrix", default="nightly.toml", help="the matrix file (default ./nightly.toml)")
     n.add_argument("--jobs", "-j", type=int, default=1, help="cells run side by side (each its own QEMU)")
+    n.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="run the cells on a Dask cluster: tcp://HOST:8786 (lab hosts running `harness worker`), or local:N "
+        "(N worker processes on this machine); --jobs is then unused",
+    )  # fmt: skip
     n.add_argument("--results", default=None, help="results folder (default ./results or $HARNESS_RESULTS)")
     n.add_argument("--baseline", default=None, help="a baseline file (default results/baselines/<matrix>.json)")
     n.add_argument("--build-dir", default=None, help="build cache root (default ./build or $HARNESS_BUILD_DIR)")
@@ -32,6 +37,19 @@ def register(subparsers) -> None:
         help="finish a run that was killed: keep the cells it recorded, run the others, then judge and report",
     )  # fmt: skip
     n.set_defaults(func=cmd_nightly)
+
+    w = subparsers.add_parser(
+        "worker",
+        help="serve nightly cells to a Dask scheduler from this host (its boards and QEMU slots)",
+        description="Starts a Dask worker that advertises, as worker resources, each board this host reaches "
+        "through an attached probe (board-<name>: 1, probe-<unique id>: 1) and its QEMU slots (qemu: N). "
+        "`harness nightly --scheduler` then sends it the cells those resources can run.",
+    )
+    w.add_argument("--scheduler", required=True, metavar="ADDRESS", help="the scheduler, e.g. tcp://lab1:8786")
+    w.add_argument("--qemu", type=int, default=None, metavar="N", help="QEMU slots (default: this host's cores)")
+    w.add_argument("--name", default=None, help="the worker's name on the dashboard (default: Dask's)")
+    w.add_argument("--dry-run", action="store_true", help="print what it would advertise and run, then exit")
+    w.set_defaults(func=cmd_worker)
 
     b = subparsers.add_parser("baseline", help="manage nightly baselines")
     bsub = b.add_subparsers(dest="baseline_command", required=True, metavar="{accept,list,show}")
@@ -77,6 +95,19 @@ def register(subparsers) -> None:
     h.set_defaults(func=cmd_history)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from harness.cli import console
+    from harness.cluster import run_worker
+
+    if args.qemu is not None and args.qemu < 0:
+        from harness.errors import HarnessError
+
+        raise HarnessError(f"--qemu must be >= 0 slots, got {args.qemu}")
+    # not wrapped: the command it prints is one to copy
+    say = lambda text: console.print(text, soft_wrap=True, highlight=False)  # noqa: E731
+    return run_worker(args.scheduler, args.qemu, args.dry_run, say, args.name)
+
+
 def cmd_nightly(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -92,6 +123,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
             run = run_nightly(
                 args.matrix, max(1, args.jobs), args.results, args.baseline, args.build_dir, say=say,
                 resume=args.resume, status=None if st is None else (lambda text: st.update(text)),
+                scheduler=args.scheduler,
             )  # fmt: skip
     except HarnessError as e:  # the run itself broke: exit 2 (the CLI's HarnessError path also gives 2)
         err_console.print(f"[bold red]error:[/] {e}", highlight=False)

@@ -848,9 +848,12 @@ def run_nightly(
     reports: bool = True,
     resume: str | None = None,
     status: Callable[[str], None] | None = None,
+    scheduler: str | None = None,
 ) -> NightlyRun:
     """Run the matrix, judge it, write the reports; the exit code is in the returned run. `resume`: the id
-    of a run that never finished (killed): its recorded cells are kept and only the others run."""
+    of a run that never finished (killed): its recorded cells are kept and only the others run.
+    `scheduler`: run the cells on a Dask cluster (tcp://HOST:PORT, or local:N) instead of `jobs` local
+    processes (harness.cluster)."""
     matrix = load_matrix(matrix_path)
     rdir = str(results.results_dir(results_dir))
     base = find_baseline(matrix.name, rdir, baseline, exclude_run=resume)
@@ -858,7 +861,8 @@ def run_nightly(
     kept = _resumable_cells(resume, matrix, rdir) if resume else {}
     out_dir = results.results_dir(rdir) / "nightly" / run_id
     say(
-        f"nightly {matrix.name}: run {run_id}, {len(matrix.cells)} cells, {jobs} job(s); baseline: "
+        f"nightly {matrix.name}: run {run_id}, {len(matrix.cells)} cells, "
+        f"{f'on the cluster at {scheduler}' if scheduler else f'{jobs} job(s)'}; baseline: "
         f"{base['source'] if base else 'none yet (every cell is new)'}"
     )
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -867,10 +871,13 @@ def run_nightly(
         say(f"resuming run {run_id}: {len(kept)} of {len(matrix.cells)} cells already recorded, kept")
     todo = [c for c in matrix.cells if c.key not in kept]
     try:
-        ran = {
-            c["cell"]: c
-            for c in run_cells(todo, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say, status)
-        }
+        if scheduler:
+            from harness.cluster import run_cells_cluster
+
+            cells_run = run_cells_cluster(todo, run_id, matrix.name, scheduler, rdir, build_dir, say, status)
+        else:
+            cells_run = run_cells(todo, run_id, matrix.name, jobs, rdir, build_dir, out_dir / "cells", say, status)
+        ran = {c["cell"]: c for c in cells_run}
     except KeyboardInterrupt:
         # Ctrl-C: a report of the cells that finished, so the time spent is not lost. The run is not
         # recorded as finished (history ignores it; --resume completes it and writes the full report).
@@ -908,6 +915,7 @@ def run_nightly(
         "started": started,
         "seconds": seconds,
         "jobs": jobs,
+        "scheduler": scheduler,
         "exit_code": code,
         "verdicts": counts,
         "baseline": base["source"] if base else None,
