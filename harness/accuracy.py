@@ -104,6 +104,7 @@ def run_accuracy(
     input_path: str = "auto",
     write_report: bool = True,
     engine_name: str = "native",
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Run `dataset` through `model` on `board` and return the report (also written under
     results/reports/<run id>/ and summarised in the results store as an "accuracy" record).
@@ -113,7 +114,9 @@ def run_accuracy(
     target and data; a run id = continue that run; False = start afresh. `engine`: an Engine already made
     by harness.bench.prepare for this model and board (several data sets, or runs, on one build); it must
     be that model's, since the report and the resume key name the model. `engine_name`: which engine
-    makes the firmware when no Engine is given (native, tflm-cmsis, tflm-ref).
+    makes the firmware when no Engine is given (native, tflm-cmsis, tflm-ref). `scheduler`: the samples go
+    in shards to the workers of a Dask cluster (tcp://HOST:PORT, or local:N) instead of `jobs` engines here;
+    this process alone writes the run, so its resume works as a local run's (harness.cluster).
     """
     from harness.bench import model_digest, prepare
 
@@ -198,20 +201,29 @@ def run_accuracy(
         "report_dir": str(run_dir),
     }
     try:
-        new, counting, elapsed, moved = _run_samples(
-            engine,
-            board,
-            fitted,
-            pending,
-            run_dir / SAMPLES_FILE,
-            jobs=jobs,
-            timeout=timeout,
-            progress=progress,
-            on_sample=on_sample,
-            already=total - len(pending),
-            total=total,
-            input_path=input_path,
-        )
+        if scheduler:
+            if input_path != "auto":
+                raise HarnessError("--input-path applies to local runs; a cluster's workers take their fastest path")
+            new, counting, elapsed, moved, jobs = _run_samples_on_cluster(
+                engine, board, fitted, pending, run_dir / SAMPLES_FILE, scheduler=scheduler, opt=opt,
+                build_dir=build_dir, timeout=timeout, progress=progress, on_sample=on_sample,
+                already=total - len(pending), total=total, say=say,
+            )  # fmt: skip
+        else:
+            new, counting, elapsed, moved = _run_samples(
+                engine,
+                board,
+                fitted,
+                pending,
+                run_dir / SAMPLES_FILE,
+                jobs=jobs,
+                timeout=timeout,
+                progress=progress,
+                on_sample=on_sample,
+                already=total - len(pending),
+                total=total,
+                input_path=input_path,
+            )
     except KeyboardInterrupt:
         say(f"interrupted: resume with --resume {run_id} (samples done so far are kept in {run_dir})")
         raise
@@ -425,6 +437,48 @@ def _run_samples(
     if errors:
         raise errors[0]
     return new, (counting_box[0] if counting_box else None), elapsed, moved
+
+
+def _run_samples_on_cluster(engine, board, fitted: FittedData, pending: list[int], path: Path, *, scheduler: str,
+                            opt: str, build_dir, timeout: float, progress: bool, on_sample, already: int,
+                            total: int, say: Say):  # fmt: skip
+    """As _run_samples, with the samples run in shards by a cluster's workers; also returns how many
+    workers could take them."""
+    from harness.cluster import run_samples_cluster
+
+    new: dict[int, dict[str, Any]] = {}
+    moved: dict[str, Any] = {"path": None, "bytes": 0, "seconds": 0.0}
+    if not pending:
+        return new, None, 0.0, moved, 0
+    _end_torn_line(path)
+    bar = _Bar(progress, total, already)
+
+    def record(recs: list[dict[str, Any]], shard_moved) -> None:
+        _append_lines(path, recs)  # on disk before the samples count as done, as in a local run
+        for rec in recs:
+            new[rec["i"]] = rec
+        moved["path"] = bar.path = shard_moved[0]
+        moved["bytes"] += shard_moved[1]
+        moved["seconds"] += shard_moved[2]
+        bar.update(already + len(new))
+        if on_sample is not None:
+            on_sample(already + len(new), total)
+
+    start = time.perf_counter()
+    shown: list[_Bar] = []  # the bar, once the cluster has said what it is (its lines come first)
+
+    def ready() -> None:
+        shown.append(bar.__enter__())
+
+    try:
+        counting, workers = run_samples_cluster(
+            engine, board, fitted, pending, path, scheduler, opt=opt, build_dir=build_dir, timeout=timeout,
+            record=record, say=say, ready=ready,
+        )  # fmt: skip
+    finally:
+        if shown:
+            bar.__exit__(None, None, None)
+    return new, counting, time.perf_counter() - start, moved, workers
 
 
 BATCH = 32  # samples a RUN_STAGED request runs (records are appended once a batch is in)

@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     )
     a.add_argument("--limit", type=int, default=None, help="run only the first N samples")
     a.add_argument("--jobs", "-j", type=int, default=1, help="parallel QEMU instances (QEMU and host targets)")
+    a.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="shard the samples over a Dask cluster's workers: tcp://HOST:8786 or local:N (docs/cluster.md)",
+    )  # fmt: skip
     a.add_argument("--resume", metavar="RUN_ID", default=None, help="continue this interrupted run")
     a.add_argument(
         "--no-resume",
@@ -100,6 +104,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         progress=not args.json,
         engine_name=args.engine,
         input_path=args.input_path,
+        scheduler=args.scheduler,
     )
     if args.json:
         from harness.accuracy import _summary

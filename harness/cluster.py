@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -400,3 +401,108 @@ def _store(out: dict[str, Any], results_dir: str) -> None:
     for kind, rec in out["records"]:
         rec = json.loads(json.dumps(rec).replace(scratch, str(root)))
         results.append(kind, rec, results_dir)
+
+
+# --- accuracy shards ------------------------------------------------------------------------------------
+
+SHARD = 64  # samples a task runs: two RUN_STAGED batches on QEMU, a QEMU start-up spread over them
+_prepared: dict[tuple, Any] = {}  # per worker process: (model sha256, board, target, opt, engine) -> engine
+_preparing = threading.Lock()  # a worker's threads (one a slot) build a model once, not side by side
+
+
+def accuracy_shard_task(model: bytes, board: str, target: str, opt: str, engine_name: str, build_dir, xs, timeout):
+    """On a worker: a shard of int8 inputs through this worker's device and through the host reference.
+    The model comes as bytes; its firmware is generated and built once per worker process (and cached on
+    disk by content, as any build)."""
+    import numpy as np
+
+    from harness import bench, reference
+    from harness.boards import get_board
+    from harness.model import load_model
+
+    key = (hashlib.sha256(model).hexdigest(), board, target, opt, engine_name)
+    with _preparing:
+        if key not in _prepared:
+            graph = load_model(model, name="model")
+            eng = bench.prepare(get_board(board), graph, target, opt, build_dir, engine=engine_name)
+            _prepared[key] = (eng, reference.Prepared(eng.interior))
+        eng, ref = _prepared[key]
+    t0 = time.time()
+    flat = lambda a: np.asarray(a).reshape(-1).astype(np.int8).tolist()  # noqa: E731
+    hosts: list = []  # the host reference, in a thread while QEMU (a process of its own) runs the shard
+    referee = threading.Thread(target=lambda: hosts.extend(flat(ref.run([x])[0]) for x in xs), daemon=True)
+    referee.start()
+    with eng.open(timeout) as runner:
+        ran = runner.run_batch([[x] for x in xs]) if len(xs) > 1 else None
+        if ran is None:
+            ran = [runner.run([x], repetitions=1) for x in xs]
+        hello = runner.hello
+        moved = (runner.input_path, runner.input_bytes, runner.input_seconds)
+    referee.join()
+    if len(hosts) != len(xs):
+        raise ClusterError("the host reference failed on this worker (see its log)")
+    return {
+        "device": [flat(outs[0]) for outs, _ in ran],
+        "ticks": [int(st.counts[0]) for _, st in ran],
+        "host": hosts,
+        "counter_source": hello.counter_source,
+        "clock_hz": hello.clock_hz,
+        "moved": moved,
+        "worker": {"host": socket.gethostname(), "pid": os.getpid(), "started": t0, "ended": time.time()},
+    }
+
+
+def run_samples_cluster(engine, board, fitted, pending: list[int], path: Path, scheduler: str, *, opt: str,
+                        build_dir, timeout: float, record, say: Say, ready=lambda: None):  # fmt: skip
+    """The pending samples of an accuracy run as shards over the cluster's workers; `record(recs, moved)`
+    appends each finished shard's records (the coordinator alone writes the run's samples file); `ready()`
+    is called once the shards are sent. Returns the Counting and the number of workers."""
+    import types
+
+    import numpy as np
+
+    from harness.accuracy import Counting
+    from harness.model import to_tflite_bytes
+
+    if engine.target_kind not in ("qemu", "pyocd"):
+        raise ClusterError(f"--scheduler runs samples on QEMU or on boards, not on the {engine.target_kind} target")
+    need = QEMU if engine.target_kind == "qemu" else board_resource(board.name)
+    with Cluster(scheduler) as cl:
+        distributed = _require_distributed()
+        workers = cl.resources()
+        able = [w for w, r in workers.items() if r.get(need, 0) > 0]
+        if not able:
+            what = f"board {board.name}" if need != QEMU else "QEMU slots"
+            raise ClusterError(f"no worker of the cluster at {scheduler} offers {what} (resource {need!r})")
+        link = cl.client.dashboard_link
+        say(f"scheduler {scheduler}: {len(able)} worker(s) for {need}" + (f"; dashboard {link}" if link else ""))
+        model = cl.client.scatter(to_tflite_bytes(engine.graph), broadcast=True)
+        futures = {}
+        for k in range(0, len(pending), SHARD):
+            ids = pending[k : k + SHARD]
+            xs = np.stack([np.asarray(fitted.x[i], dtype=np.int8) for i in ids])
+            fut = cl.client.submit(accuracy_shard_task, model, board.name, engine.target_kind, opt, engine.spec.engine,
+                                   build_dir, xs, timeout, resources={need: 1}, pure=False)  # fmt: skip
+            futures[fut] = ids
+        ready()
+        counting = None
+        for fut in distributed.as_completed(futures):
+            ids = futures[fut]
+            try:
+                out = fut.result()
+            except distributed.KilledWorker as e:
+                raise ClusterError(f"the workers running samples {ids[0]}..{ids[-1]} died {ALLOWED_FAILURES + 1} "
+                                   f"times ({e}); the samples done are kept: resume the run") from e  # fmt: skip
+            except HarnessError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a worker's error, said as the run's
+                raise ClusterError(f"samples {ids[0]}..{ids[-1]} failed on the cluster: {type(e).__name__}: {e}") from e
+            if counting is None:
+                counting = Counting.of(board, types.SimpleNamespace(counter_source=out["counter_source"],
+                                                                    clock_hz=out["clock_hz"]))  # fmt: skip
+            recs = []
+            for i, dev, host, ticks in zip(ids, out["device"], out["host"], out["ticks"], strict=True):
+                recs.append({"i": i, "label": int(fitted.labels[i]), "device": dev, "host": host, "ticks": ticks,
+                             "count": round(ticks * counting.per_tick)})  # fmt: skip
+            record(recs, out["moved"])
+        return counting, len(able)

@@ -147,6 +147,81 @@ def test_a_worker_killed_mid_cell_has_its_cell_run_elsewhere_once(tmp_path):
     assert len(bench) == 2 and json.dumps(bench).count(run.run_id) >= 2
 
 
+def _report_figures(rep: dict) -> str:
+    return json.dumps({k: v for k, v in rep["figures"].items() if k != "latency"} | {
+        "latency": {k: v for k, v in (rep["figures"].get("latency") or {}).items() if k != "all"}
+    }, sort_keys=True, default=str)  # fmt: skip
+
+
+def test_accuracy_sharded_over_two_workers_gives_a_local_runs_figures(tmp_path):
+    require_tools("qemu-system-arm", "arm-none-eabi-gcc")
+    from harness.accuracy import run_accuracy
+
+    common = dict(results_dir=tmp_path / "r", build_dir=str(tmp_path / "b"), resume=False, progress=False,
+                  write_report=False)  # fmt: skip
+    local = run_accuracy("nucleo-f746", "digits_cnn", "digits", **common)
+    said: list[str] = []
+    dist = run_accuracy("nucleo-f746", "digits_cnn", "digits", scheduler="local:2", say=said.append, **common)
+    assert dist["figures"]["samples"] == local["figures"]["samples"] == 450
+    assert _report_figures(dist) == _report_figures(local)
+    assert dist["throughput"]["jobs"] == 2 and dist["throughput"]["input_path"] == "semihosting"
+    assert any("2 worker(s) for qemu" in s for s in said)
+    lines = (Path(dist["report_dir"]) / "samples.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["i"] for x in lines) == list(range(450))  # each sample once
+
+
+def test_accuracy_on_a_cluster_resumes_after_the_coordinator_is_killed(tmp_path):
+    """kill -9 of `harness accuracy --scheduler` once a shard is recorded; the next run resumes it on the
+    same cluster: every sample once, and the figures of a local run of the same data."""
+    require_tools("qemu-system-arm", "arm-none-eabi-gcc")
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from harness.accuracy import run_accuracy
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "kws.npz"
+    np.savez(data, x=rng.integers(-128, 128, (256, 49, 10, 1), dtype=np.int8), y=rng.integers(0, 12, 256))
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={QEMU: 1},
+                                       dashboard_address=":0")  # fmt: skip
+    try:
+        argv = [sys.executable, "-m", "harness", "accuracy", "--board", "nucleo-f746", "--model", "mlperf_kws",
+                "--dataset", str(data), "--results", str(tmp_path / "r"), "--scheduler", cluster.scheduler_address,
+                "--json"]  # fmt: skip
+        env = {**os.environ, "HARNESS_BUILD_DIR": str(tmp_path / "b")}
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        samples: list[Path] = []
+        while time.monotonic() < deadline and p.poll() is None:
+            samples = list((tmp_path / "r" / "reports").glob("*/samples.jsonl"))
+            if samples and len(samples[0].read_text().splitlines()) >= 64:
+                break
+            time.sleep(0.02)
+        p.kill()
+        p.wait()
+        assert samples, "no shard was recorded"
+        before = len(samples[0].read_text().splitlines())
+        assert 64 <= before < 256, f"{before} samples recorded before the kill"
+        rep = run_accuracy("nucleo-f746", "mlperf_kws", str(data), results_dir=tmp_path / "r",
+                           build_dir=str(tmp_path / "b"), progress=False, write_report=False,
+                           scheduler=cluster.scheduler_address)  # fmt: skip
+    finally:
+        cluster.close()
+    assert rep["resumed"] and rep["throughput"]["samples"] == 256 - before
+    recorded = []
+    for line in samples[0].read_text().splitlines():
+        try:
+            recorded.append(json.loads(line)["i"])
+        except ValueError:  # the line the kill tore, ended by the resume: not a sample
+            pass
+    assert sorted(recorded) == list(range(256))
+    local = run_accuracy("nucleo-f746", "mlperf_kws", str(data), results_dir=tmp_path / "l",
+                         build_dir=str(tmp_path / "b"), resume=False, progress=False, write_report=False)  # fmt: skip
+    assert _report_figures(rep) == _report_figures(local)
+
+
 def test_two_cells_needing_one_board_never_overlap(tmp_path):
     """A lab: worker `lab-a` has the board (and two threads), `lab-b` only QEMU. The two `auto` cells on
     nucleo-f746 both ask for board-nucleo-f746, so they run on lab-a one after the other (here on its QEMU
