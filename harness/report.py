@@ -138,11 +138,18 @@ def improvements(cell: dict[str, Any]) -> list[str]:
 # --- Markdown ----------------------------------------------------------------------------------------------
 
 
+def ran_on(run: dict[str, Any]) -> str:
+    """How the run's cells ran: its local jobs, or the Dask cluster it was given."""
+    if run.get("scheduler"):
+        return f"on the Dask cluster at {run['scheduler']}"
+    return f"with {run.get('jobs', 1)} job(s)"
+
+
 def markdown(run: dict[str, Any]) -> str:
     cells = run["cells"]
     lines = [f"### {verdict_line(run['matrix'], run['run_id'], cells, run['exit_code'])}", ""]
     lines.append(f"Baseline: {run.get('baseline') or 'none yet (every cell is new)'}; {len(cells)} cells in "
-                 f"{run.get('seconds', 0):.0f} s with {run.get('jobs', 1)} job(s).")  # fmt: skip
+                 f"{run.get('seconds', 0):.0f} s {ran_on(run)}.")  # fmt: skip
     bad = [c for c in cells if c["verdict"]["status"] in ("regression", "failed")]
     good = [c for c in cells if c["verdict"]["status"] == "improved"]
     if bad:
@@ -539,8 +546,8 @@ def html_page(run: dict[str, Any], plots: dict[str, Path]) -> str:
 <style>{CSS}</style></head><body>
 <h1>Nightly <code>{e(run["matrix"])}</code></h1>
 <p style="font-size:16px;color:{colour}"><b>{e(head)}</b></p>
-<p>{e(run.get("description") or "")}<br>Started {e(str(run.get("started")))}, {run.get("seconds", 0):.0f} s with
-{run.get("jobs", 1)} job(s). Baseline: {e(run.get("baseline") or "none yet (every cell is new)")}.</p>
+<p>{e(run.get("description") or "")}<br>Started {e(str(run.get("started")))}, {run.get("seconds", 0):.0f} s
+{e(ran_on(run))}. Baseline: {e(run.get("baseline") or "none yet (every cell is new)")}.</p>
 <p>Green: within thresholds; red: regression or failure; blue: improved beyond the threshold; grey: no baseline
 or an expected failure; yellow: the model file changed since the baseline (shown, not judged).
 QEMU figures are instruction counts (-icount), not cycles.</p>

@@ -70,6 +70,11 @@ def test_markdown_names_the_cell_the_metric_and_the_improvement(tmp_path):
     assert "`qemu-m7:kws`" in attention and "DoesNotFitError" in attention
     improved = md.split("**Improved**")[1].split("<details>")[0]
     assert "`qemu-m4:digits`" in improved and "-20.000 %" in improved
+    assert "3 s with 1 job(s)." in md
+    # a run over a Dask cluster says so, here and in the HTML, not "1 job(s)"
+    on_cluster = {**_three_runs(tmp_path / "c"), "scheduler": "tcp://lab1:8786"}
+    assert "3 s on the Dask cluster at tcp://lab1:8786." in report.markdown(on_cluster)
+    assert "on the Dask cluster at tcp://lab1:8786." in report.html_page(on_cluster, {})
 
 
 def test_the_headline_says_what_happened(tmp_path):
