@@ -49,6 +49,20 @@ def _matrix(tmp_path: Path, extra: str = "") -> str:
     return str(p)
 
 
+def _nightly_while(tmp_path: Path, cluster, client, action):
+    """The matrix run on `cluster` while `action` runs in a thread; the client and cluster closed after."""
+    t = threading.Thread(target=action)
+    try:
+        t.start()
+        run = run_nightly(_matrix(tmp_path), 1, tmp_path / "r", build_dir=str(tmp_path / "b"), reports=False,
+                          scheduler=cluster.scheduler_address)  # fmt: skip
+        t.join()
+    finally:
+        client.close()
+        cluster.close()
+    return run
+
+
 def _figures(run) -> dict[str, tuple]:
     keep = ("instructions", "peak_sram_bytes", "flash_bytes", "accuracy", "agreement")
     return {
@@ -129,15 +143,7 @@ def test_a_worker_killed_mid_cell_has_its_cell_run_elsewhere_once(tmp_path):
                 return
             time.sleep(0.1)
 
-    killer = threading.Thread(target=kill_the_first_busy_worker)
-    try:
-        killer.start()
-        run = run_nightly(_matrix(tmp_path), 1, tmp_path / "r", build_dir=str(tmp_path / "b"), reports=False,
-                          scheduler=cluster.scheduler_address)  # fmt: skip
-        killer.join()
-    finally:
-        client.close()
-        cluster.close()
+    run = _nightly_while(tmp_path, cluster, client, kill_the_first_busy_worker)
     assert killed, "no cell was seen running"
     assert run.exit_code == 0 and [c["status"] for c in run.cells] == ["ok", "ok"]
     assert all(c["worker"]["pid"] != killed[0] for c in run.cells)  # re-run by a worker that lives
@@ -270,16 +276,8 @@ def test_cells_whose_workers_all_left_are_failed_not_waited_for(tmp_path, monkey
             time.sleep(0.05)
         cluster.scale(0)
 
-    leaver = threading.Thread(target=leave_when_busy)
-    try:
-        leaver.start()
-        t0 = time.monotonic()
-        run = run_nightly(_matrix(tmp_path), 1, tmp_path / "r", build_dir=str(tmp_path / "b"), reports=False,
-                          scheduler=cluster.scheduler_address)  # fmt: skip
-        leaver.join()
-    finally:
-        client.close()
-        cluster.close()
+    t0 = time.monotonic()
+    run = _nightly_while(tmp_path, cluster, client, leave_when_busy)
     assert time.monotonic() - t0 < 60
     lost = [c for c in run.cells if c["status"] == "failed"]
     assert lost and all("every worker offering 'qemu' left the cluster" in c["reason"] for c in lost)
