@@ -248,6 +248,10 @@ class Cluster:
         info = self.client.scheduler_info()["workers"]
         return {addr: dict(w.get("resources") or {}) for addr, w in info.items()}
 
+    def offered(self) -> set[str]:
+        """The resources some worker offers now."""
+        return {k for r in self.resources().values() for k, v in r.items() if v > 0}
+
     def close(self) -> None:
         self.client.close()
         if self.local is not None:
@@ -258,6 +262,11 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _what(resource: str) -> str:
+    """A resource as a user says it: board nucleo-f746, or QEMU slots."""
+    return f"board {resource.removeprefix('board-')}" if resource.startswith("board-") else "QEMU slots"
 
 
 def cell_resource(cell, offered: set[str]) -> str:
@@ -309,14 +318,14 @@ def run_cells_cluster(
 
     with Cluster(scheduler) as cl:
         distributed = _require_distributed()
-        offered = {k for r in cl.resources().values() for k, v in r.items() if v > 0}
+        offered = cl.offered()
         link = cl.client.dashboard_link
         say(f"scheduler {scheduler}: {len(cl.resources())} worker(s)" + (f"; dashboard {link}" if link else ""))
         futures, needs = {}, {}
         for c in cells:
             need = cell_resource(c, offered)
             if need not in offered:
-                what = f"board {c.board}" if need.startswith("board-") else "QEMU slots"
+                what = _what(need)
                 fail(c, "NoWorker", f"no worker of the cluster offers {what} (resource {need!r}): start "
                                     f"`harness worker --scheduler {scheduler}` on a host with it")  # fmt: skip
                 continue
@@ -357,7 +366,7 @@ def run_cells_cluster(
                 if status is not None:
                     status(_status_line(cl, futures, pending, len(done), total))
                 # the workers with a cell's resource all left (a lab host switched off): it would wait forever
-                offered = {k for r in cl.resources().values() for k, v in r.items() if v > 0}
+                offered = cl.offered()
                 for fut in list(pending):
                     if needs[fut] in offered:
                         orphaned.pop(fut, None)
@@ -472,7 +481,7 @@ def run_samples_cluster(engine, board, fitted, pending: list[int], path: Path, s
         workers = cl.resources()
         able = [w for w, r in workers.items() if r.get(need, 0) > 0]
         if not able:
-            what = f"board {board.name}" if need != QEMU else "QEMU slots"
+            what = _what(need)
             raise ClusterError(f"no worker of the cluster at {scheduler} offers {what} (resource {need!r})")
         link = cl.client.dashboard_link
         say(f"scheduler {scheduler}: {len(able)} worker(s) for {need}" + (f"; dashboard {link}" if link else ""))
