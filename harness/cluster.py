@@ -142,7 +142,7 @@ def _run_child(cell, run_id: str, matrix: str, store: str, build_dir: str | None
     outlives its cell_timeout), so a worker thread never forks QEMUs or reference pools itself. The result
     comes back in the file `out`, so nothing the cell prints can garble it."""
     from harness.lifetime import tied_to_parent
-    from harness.nightly import _cell_head
+    from harness.nightly import _cell_head, _hung
 
     payload = pickle.dumps((cell, run_id, matrix, store, build_dir, str(out)))
     cmd = tied_to_parent([sys.executable, "-c", "from harness.cluster import _child_main; _child_main()"])
@@ -153,12 +153,7 @@ def _run_child(cell, run_id: str, matrix: str, store: str, build_dir: str | None
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
-        reason = (
-            f"hung: no result after {cell.cell_timeout:g} s (killed with its QEMU; raise cell_timeout if it is "
-            "just slow)"
-        )
-        return {**_cell_head(cell, run_id, matrix), "status": "failed", "error": "Hung", "reason": reason,
-                "metrics": {}, "seconds": cell.cell_timeout}  # fmt: skip
+        return _hung(cell, run_id, matrix, store)  # as a local run records it (into the scratch store)
     try:
         return json.loads(out.read_text())
     except (OSError, ValueError):
